@@ -1,0 +1,3 @@
+"""predictd: a self-hostable prediction API server."""
+
+__version__ = "0.1.0"

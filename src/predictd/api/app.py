@@ -1,0 +1,105 @@
+"""The app factory: routes, error handlers, health and metrics, and the deployment's lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import __version__
+from ..assemble import Embedded, start_embedded
+from ..config import Settings
+from ..errors import ApiError, ErrorId
+from ..metrics import Metrics
+from . import native
+from .context import RequestContext
+from .responses import JSONResponse
+from .state import deployment_of, request_id_of
+
+log = structlog.get_logger("predictd.api")
+
+
+def _render(request: Request, error: ApiError) -> JSONResponse:
+    return native.render_error(request, error)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _render(request, exc)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405):
+        error = ApiError(ErrorId.NOT_FOUND, f"No route {request.method} {request.url.path}.")
+    else:
+        error = ApiError(ErrorId.INVALID_INPUT, str(exc.detail))
+    return _render(request, error)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _render(request, ApiError(ErrorId.INVALID_PARAMETER, f"{where}: {first.get('msg')}"))
+
+
+async def _on_unhandled(request: Request, exc: Exception) -> Response:
+    request_id = request_id_of(request)
+    log.error("unhandled error", request_id=request_id, path=request.url.path, exc_info=exc)
+    return _render(
+        request,
+        ApiError(ErrorId.INTERNAL_ERROR, f"An unexpected error occurred; quote request id {request_id}."),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        deployment: Embedded = await start_embedded(settings, metrics)
+        app.state.deployment = deployment
+        log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
+        try:
+            yield
+        finally:
+            await deployment.close()
+
+    app = FastAPI(
+        title="predictd",
+        version=__version__,
+        summary="Self-hostable prediction API, wire-compatible with the Skytells and FASHN APIs.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.include_router(native.router)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unhandled)
+
+    @app.get("/health", tags=["operations"], summary="Liveness and model availability")
+    async def health(request: Request) -> JSONResponse:
+        models = deployment_of(request).service.models()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "models": {m.slug: "available" if m.available else "unavailable" for m in models},
+            }
+        )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    return app

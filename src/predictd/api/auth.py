@@ -1,0 +1,24 @@
+"""Who is calling: the API key from either surface's header, checked by the service."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from ..domain import Principal
+from .state import service_of
+
+
+def presented_key(request: Request) -> str | None:
+    """Both surfaces' headers are accepted on every path: a client sending the other one is not wrong."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    authorization = request.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+async def authenticated(request: Request) -> Principal:
+    return await service_of(request).authenticate(presented_key(request))

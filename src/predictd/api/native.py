@@ -1,0 +1,336 @@
+"""The Skytells-compatible ("native") surface: ``/v1/predictions``, ``/v1/predict``, ``/v1/models``.
+
+Error bodies carry the flat ``error_id`` / ``message`` the public page documents AND the nested ``error``
+object the official SDK parses (it reads ``error.error_id``, ``error.message``, ``error.details``,
+``error.http_status``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+
+from ..domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
+from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
+from ..service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
+from . import parsing
+from .auth import authenticated
+from .responses import JSONResponse, retry_headers
+from .state import deployment_of, request_id_of, service_of
+
+router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
+
+SUBMIT_FIELDS = frozenset({"model", "input", "await", "stream", "webhook"})
+MODEL_FIELDS = frozenset({"input_schema", "output_schema"})
+
+
+# -- documentation models (the OpenAPI document; handlers parse bodies themselves to own every error) ------
+
+
+class NativeError(BaseModel):
+    error_id: str
+    message: str
+    details: str
+    http_status: int
+    retryable: bool
+
+
+class NativeErrorBody(BaseModel):
+    error_id: str = Field(examples=["MODEL_NOT_FOUND"])
+    message: str = Field(examples=["The model with slug 'example' does not exist."])
+    retryable: bool
+    request_id: str
+    error: NativeError
+
+
+class SubmitBody(BaseModel):
+    model: str = Field(description="Model slug.", examples=["echo"])
+    input: dict[str, Any] = Field(description="Inputs, checked against the model's input_schema.")
+    await_: bool = Field(
+        default=False, alias="await", description="Block until the prediction ends (bounded by the server)."
+    )
+    stream: bool = False
+
+
+def _errors(*ids: ErrorId) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.INTERNAL_ERROR):
+        spec = API_ERRORS[error_id]
+        entry = out.setdefault(spec.http_status, {"model": NativeErrorBody, "description": ""})
+        entry["description"] = " / ".join(filter(None, [entry["description"], spec.wire_error_id.value]))
+    return out
+
+
+# -- bodies ------------------------------------------------------------------------------------------------
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
+    url = f"{base_url}v1/predictions/{prediction.id}"
+    error_spec = runtime_spec(prediction.error_name) if prediction.error_name else None
+    predict_time = prediction.predict_time
+    if predict_time is None and prediction.terminal:
+        predict_time = 0.0
+    return {
+        "id": prediction.id,
+        "status": NATIVE_STATUS[prediction.status],
+        "type": "inference",
+        "model": prediction.model,
+        "source": prediction.source,
+        "input": prediction.input,
+        "output": prediction.output,
+        "error": prediction.error_message,
+        "error_id": error_spec.error_id.value if error_spec else None,
+        "error_name": prediction.error_name,
+        "retryable": error_spec.retryable if error_spec else None,
+        "data_removed": prediction.data_removed,
+        "metrics": {"predict_time": predict_time, "total_time": prediction.total_time},
+        "created_at": _iso(prediction.created_at),
+        "started_at": _iso(prediction.started_at),
+        "completed_at": _iso(prediction.completed_at),
+        "urls": {
+            "get": url,
+            "cancel": f"{url}/cancel",
+            "stream": f"{url}/stream",
+            "delete": f"{url}/delete",
+        },
+    }
+
+
+def model_body(info: ModelInfo, fields: frozenset[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": info.slug,
+        "slug": info.slug,
+        "namespace": "predictd",
+        "description": info.description,
+        "privacy": "public",
+        "status": "available" if info.available else "unavailable",
+    }
+    if not info.available:
+        body["status_detail"] = info.status_detail
+    if "input_schema" in fields:
+        body["input_schema"] = info.input_schema
+    if "output_schema" in fields:
+        body["output_schema"] = info.output_schema
+    return body
+
+
+def error_response(error: ApiError, request_id: str) -> JSONResponse:
+    spec = error.spec
+    wire_id = spec.wire_error_id.value
+    details = error.details or spec.meaning
+    return JSONResponse(
+        {
+            "error_id": wire_id,
+            "message": error.message,
+            "retryable": spec.retryable,
+            "request_id": request_id,
+            "error": {
+                "error_id": wire_id,
+                "message": error.message,
+                "details": details,
+                "http_status": spec.http_status,
+                "retryable": spec.retryable,
+            },
+        },
+        status_code=spec.http_status,
+        headers=retry_headers(error),
+    )
+
+
+# -- routes ------------------------------------------------------------------------------------------------
+
+_SUBMIT_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SubmitBody.model_json_schema(by_alias=True)}},
+    }
+}
+
+
+async def _submit(request: Request, principal: Principal) -> JSONResponse:
+    parsing.require_json_content_type(request.headers.get("content-type"))
+    body = parsing.parse_json_object(await request.body())
+    parsing.require_fields(body, "model", "input")
+    parsing.reject_unknown_fields(body, SUBMIT_FIELDS)
+    model = parsing.expect_type(body, "model", str, "a string (the model slug)")
+    parsing.expect_type(body, "input", dict, "a JSON object")
+    wait = bool(parsing.expect_type(body, "await", bool, "true or false"))
+    parsing.expect_type(body, "stream", bool, "true or false")
+    if body.get("webhook") is not None:
+        raise ApiError(
+            ErrorId.UNPROCESSABLE_ENTITY,
+            "Field 'webhook' is not supported by this server version; poll or use 'await'.",
+        )
+    service = service_of(request)
+    prediction = await service.submit(principal, SubmitRequest(model=model, input=body["input"]))
+    if wait:
+        prediction = await service.wait(prediction, deployment_of(request).settings.await_timeout_s)
+    base = str(request.base_url)
+    return JSONResponse(
+        prediction_body(prediction, base),
+        status_code=201,
+        headers={"Location": f"{base}v1/predictions/{prediction.id}"},
+    )
+
+
+@router.post(
+    "/predictions",
+    summary="Create a prediction",
+    status_code=201,
+    openapi_extra=_SUBMIT_DOC,
+    responses=_errors(
+        ErrorId.INVALID_INPUT,
+        ErrorId.MODEL_NOT_FOUND,
+        ErrorId.UNPROCESSABLE_ENTITY,
+        ErrorId.MODEL_UNAVAILABLE,
+    ),
+)
+async def create_prediction(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    return await _submit(request, principal)
+
+
+@router.post(
+    "/predict",
+    summary="Create a prediction (Skytells SDK path)",
+    status_code=201,
+    openapi_extra=_SUBMIT_DOC,
+    responses=_errors(
+        ErrorId.INVALID_INPUT,
+        ErrorId.MODEL_NOT_FOUND,
+        ErrorId.UNPROCESSABLE_ENTITY,
+        ErrorId.MODEL_UNAVAILABLE,
+    ),
+)
+async def predict(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    return await _submit(request, principal)
+
+
+@router.get(
+    "/predictions",
+    summary="List predictions",
+    responses=_errors(ErrorId.INVALID_PARAMETER, ErrorId.INVALID_DATE_FORMAT),
+)
+async def list_predictions(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    query = request.query_params
+    page = parsing.positive_int("page", query.get("page"), 1)
+    per_page = parsing.positive_int("per_page", query.get("per_page"), DEFAULT_PER_PAGE, MAX_PER_PAGE)
+    start_name = "from" if "from" in query else "since"
+    end_name = "to" if "to" in query else "until"
+    since, until = parsing.date_range(
+        start_name,
+        parsing.iso_datetime(start_name, query.get(start_name)),
+        end_name,
+        parsing.iso_datetime(end_name, query.get(end_name), end_of_day=True),
+    )
+    model = query.get("model") or None
+    result = await service_of(request).list(
+        principal, page=page, per_page=per_page, model=model, since=since, until=until
+    )
+    base = str(request.base_url)
+    return JSONResponse(
+        {
+            "data": [prediction_body(p, base) for p in result.items],
+            "pagination": {
+                "current_page": result.page,
+                "per_page": result.per_page,
+                "total": result.total,
+                "last_page": result.last_page,
+            },
+        }
+    )
+
+
+@router.get(
+    "/predictions/{prediction_id}",
+    summary="Get a prediction",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+async def get_prediction(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    prediction = await service_of(request).get(principal, prediction_id)
+    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+
+
+@router.post(
+    "/predictions/{prediction_id}/cancel",
+    summary="Cancel a prediction",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND, ErrorId.PREDICTION_NOT_CANCELLABLE),
+)
+async def cancel_prediction(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    prediction = await service_of(request).cancel(principal, prediction_id)
+    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+
+
+async def _delete(prediction_id: str, request: Request, principal: Principal) -> JSONResponse:
+    prediction = await service_of(request).delete(principal, prediction_id)
+    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+
+
+@router.delete(
+    "/predictions/{prediction_id}/delete",
+    summary="Delete a prediction's inputs and outputs",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+async def delete_prediction(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    return await _delete(prediction_id, request, principal)
+
+
+@router.delete(
+    "/predictions/{prediction_id}",
+    summary="Delete a prediction's inputs and outputs",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+async def delete_prediction_plain(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    return await _delete(prediction_id, request, principal)
+
+
+@router.get("/models", summary="List models", responses=_errors(ErrorId.INVALID_PARAMETER))
+async def list_models(request: Request, _principal: Principal = Depends(authenticated)) -> JSONResponse:
+    fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
+    return JSONResponse([model_body(info, fields) for info in service_of(request).models()])
+
+
+async def _model(slug: str, request: Request) -> JSONResponse:
+    fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
+    return JSONResponse(model_body(service_of(request).model(slug), fields))
+
+
+@router.get(
+    "/model/{slug}",
+    summary="Get a model",
+    responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
+)
+async def get_model(
+    slug: str, request: Request, _principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    return await _model(slug, request)
+
+
+@router.get(
+    "/models/{slug}",
+    summary="Get a model",
+    responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
+)
+async def get_model_plural(
+    slug: str, request: Request, _principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    return await _model(slug, request)
+
+
+def render_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error, request_id_of(request))

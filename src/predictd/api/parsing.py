@@ -1,0 +1,121 @@
+"""Reading request bodies and query parameters into values, or into the catalog's errors. No I/O."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import orjson
+
+from ..errors import ApiError, ErrorId
+
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# A '+hh:mm' offset sent unencoded in a query string arrives as ' hh:mm'.
+_SPACE_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
+
+
+def require_json_content_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        shown = content_type or "none"
+        raise ApiError(
+            ErrorId.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be application/json (got {shown}).",
+        )
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise ApiError(ErrorId.INVALID_INPUT, "The request body is empty; send a JSON object.")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(ErrorId.INVALID_INPUT, f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(ErrorId.INVALID_INPUT, "The request body must be a JSON object.")
+    return value
+
+
+def require_fields(body: dict[str, Any], *names: str) -> None:
+    missing = [name for name in names if name not in body or body[name] is None]
+    if missing:
+        listed = ", ".join(repr(m) for m in missing)
+        raise ApiError(ErrorId.MISSING_REQUIRED_FIELD, f"Missing required field(s): {listed}.")
+
+
+def reject_unknown_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            ErrorId.INVALID_INPUT,
+            f"Unknown field(s) {', '.join(repr(u) for u in unknown)}; allowed: {', '.join(sorted(allowed))}.",
+        )
+
+
+def expect_type(body: dict[str, Any], name: str, kind: type | tuple[type, ...], described: str) -> Any:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+        raise ApiError(ErrorId.INVALID_INPUT, f"Field {name!r} must be {described}.")
+    return value
+
+
+def positive_int(name: str, raw: str | None, default: int, maximum: int | None = None) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f"between 1 and {maximum}" if maximum is not None else "a positive integer"
+        raise ApiError(ErrorId.INVALID_PARAMETER, f"Query parameter {name!r} must be {bound} (got {raw!r}).")
+    return value
+
+
+def iso_datetime(name: str, raw: str | None, *, end_of_day: bool = False) -> datetime | None:
+    """An ISO 8601 date or date-time. A bare date as the end of a range covers that whole day."""
+    if raw is None or raw == "":
+        return None
+    text = _SPACE_OFFSET.sub(r"+\1", raw.strip())
+    try:
+        if _DATE_ONLY.match(text):
+            day = datetime.fromisoformat(text).date()
+            moment = datetime.combine(day, time.min, tzinfo=UTC)
+            return moment + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else moment
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(
+            ErrorId.INVALID_DATE_FORMAT,
+            f"Query parameter {name!r} must be an ISO 8601 date or date-time "
+            f"(e.g. 2026-11-22 or 2026-11-22T10:00:00Z), got {raw!r}.",
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def date_range(
+    start_name: str, start: datetime | None, end_name: str, end: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    if start is not None and end is not None and start > end:
+        raise ApiError(
+            ErrorId.INVALID_DATE_RANGE,
+            f"Query parameter {start_name!r} ({start.isoformat()}) "
+            f"is after {end_name!r} ({end.isoformat()}).",
+        )
+    return start, end
+
+
+def csv_choice(name: str, raw: str | None, allowed: frozenset[str]) -> frozenset[str]:
+    if not raw:
+        return frozenset()
+    chosen = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    unknown = sorted(chosen - allowed)
+    if unknown:
+        raise ApiError(
+            ErrorId.INVALID_PARAMETER,
+            f"Query parameter {name!r} has unknown value(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}.",
+        )
+    return chosen

@@ -1,0 +1,207 @@
+"""``predictd serve | keys | accounts``: run the server and administer its store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, keys
+from .config import Settings, load_settings
+from .logs import configure as configure_logging
+from .store import SqlStore, open_store
+
+T = TypeVar("T")
+
+app = typer.Typer(help="predictd: a self-hostable prediction API server.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(accounts_app, name="accounts")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEFAULT_ACCOUNT = "default"
+DEMO_LABEL = "demo"
+
+
+class _Options:
+    config: Path | None = None
+    data_dir: Path | None = None
+    database_url: str | None = None
+
+
+@app.callback()
+def _root(
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (env: PREDICTD_CONFIG).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (env: PREDICTD_DATA_DIR).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy database URL (env: PREDICTD_DATABASE_URL).")
+    ] = None,
+) -> None:
+    _Options.config, _Options.data_dir, _Options.database_url = config, data_dir, database_url
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return load_settings(
+            _Options.config, data_dir=_Options.data_dir, database_url=_Options.database_url, **flags
+        )
+    except Exception as exc:  # pydantic's message names the bad setting
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _with_store(settings: Settings, action: Callable[[SqlStore], Awaitable[T]]) -> T:
+    async def run() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(
+            settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        )
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+async def _issue_key(store: SqlStore, account_id: str, label: str) -> str:
+    new = keys.generate_key()
+    await store.create_key(account_id, new.digest, new.prefix, label)
+    return new.secret
+
+
+async def _bootstrap(store: SqlStore, demo: bool) -> str | None:
+    """On first start create the default account and a key; with --demo, replace the demo key each start.
+    Returns a key to print, or None."""
+    account = await store.get_account_by_name(DEFAULT_ACCOUNT)
+    if account is None:
+        if await store.list_accounts():
+            return None  # an operator set up accounts already: leave them alone
+        account = await store.create_account(DEFAULT_ACCOUNT)
+    elif not demo:
+        return None
+    await store.revoke_keys_labelled(account.id, DEMO_LABEL)
+    return await _issue_key(store, account.id, DEMO_LABEL)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (env: PREDICTD_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env: PREDICTD_PORT).")] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Issue a fresh demo API key at every start and print it.")
+    ] = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run the API server in embedded mode (SQLite, in-process queue, worker subprocesses)."""
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings = _settings(host=host, port=port, log_level=log_level)
+    configure_logging(settings.log_level, settings.log_json)
+    secret = _with_store(settings, lambda store: _bootstrap(store, demo))
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"predictd {__version__} · data in {settings.data_dir.resolve()} · {base}")
+    if secret:
+        # Plain prints: a wrapped or styled key could not be copied and pasted.
+        print(f"API key for account '{DEFAULT_ACCOUNT}' (shown once, store it): {secret}")
+        print(
+            f"Try: curl -s {base}/v1/predict -H 'x-api-key: {secret}' -H 'content-type: application/json' "
+            """-d '{"model": "echo", "input": {"text": "hello"}, "await": true}'""",
+            flush=True,
+        )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    uvicorn.Server(config).run()
+
+
+@keys_app.command("create")
+def keys_create(
+    account: Annotated[str, typer.Option(help="Account name; created if it does not exist.")],
+    label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "cli",
+) -> None:
+    """Create an API key and print it once. Only its SHA-256 digest is stored."""
+
+    async def action(store: SqlStore) -> str:
+        found = await store.get_account_by_name(account)
+        owner = found or await store.create_account(account)
+        return await _issue_key(store, owner.id, label)
+
+    secret = _with_store(_settings(), action)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(account: Annotated[str, typer.Option(help="Account name.")]) -> None:
+    """List an account's keys (prefixes only: the keys themselves are not stored)."""
+
+    async def action(store: SqlStore) -> list[Any]:
+        found = await store.get_account_by_name(account)
+        if found is None:
+            err.print(f"no account named {account!r}")
+            raise typer.Exit(1)
+        return await store.list_keys(found.id)
+
+    table = Table("id", "prefix", "label", "created", "revoked")
+    for key in _with_store(_settings(), action):
+        table.add_row(
+            key.id,
+            key.prefix + "…",
+            key.label,
+            key.created_at.isoformat(timespec="seconds"),
+            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+    """Revoke a key; requests with it are refused from now on."""
+    if not _with_store(_settings(), lambda store: store.revoke_key(key_id)):
+        err.print(f"no active key with id {key_id!r}")
+        raise typer.Exit(1)
+    out.print(f"revoked {key_id}")
+
+
+@accounts_app.command("create")
+def accounts_create(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
+    account = _with_store(_settings(), lambda store: store.create_account(name))
+    out.print(f"{account.id} {account.name}")
+
+
+@accounts_app.command("list")
+def accounts_list() -> None:
+    table = Table("id", "name", "status", "created")
+    for account in _with_store(_settings(), lambda store: store.list_accounts()):
+        table.add_row(
+            account.id, account.name, account.status.value, account.created_at.isoformat(timespec="seconds")
+        )
+    out.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

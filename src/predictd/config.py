@@ -1,0 +1,110 @@
+"""The one settings object.
+
+Read, by priority: CLI flags, environment (``PREDICTD_*``), a TOML file (``--config`` / ``PREDICTD_CONFIG``),
+then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
+    {
+        "slug": "echo",
+        "ref": "predictd.models.echo:Echo",
+        "workers": 1,
+        "description": "Returns its text input unchanged: a no-op model for tests and benchmarks.",
+    },
+    {
+        "slug": "sleep",
+        "ref": "predictd.models.sleep:Sleep",
+        "workers": 2,
+        "description": "Sleeps for `ms` milliseconds, then returns: a model for timing and cancellation.",
+    },
+)
+
+
+class ModelConfig(BaseModel):
+    """One model served by this deployment: ``ref`` is ``package.module:Class`` or ``path/file.py:Class``."""
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    ref: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    workers: int = Field(default=1, ge=0, le=64)
+    timeout_s: float = Field(default=600.0, gt=0)
+    description: str = ""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PREDICTD_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("predictd-data")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    builtin_models: bool = True
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    await_timeout_s: float = Field(default=60.0, gt=0, description="Longest a submit with await blocks.")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_attempts: int = Field(default=2, ge=1, description="Runs of one prediction when workers die.")
+    worker_start_timeout_s: float = Field(default=120.0, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    cancel_grace_s: float = Field(default=2.0, gt=0)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    log_level: str = "info"
+    log_json: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _unique_slugs(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for m in models:
+            if m.slug in seen:
+                raise ValueError(f"model slug {m.slug!r} is listed twice")
+            seen.add(m.slug)
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("PREDICTD_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'predictd.sqlite3').resolve()}"
+
+    @property
+    def all_models(self) -> list[ModelConfig]:
+        configured = {m.slug: m for m in self.models}
+        builtin = [ModelConfig(**m) for m in BUILTIN_MODELS] if self.builtin_models else []
+        return [m for m in builtin if m.slug not in configured] + list(configured.values())
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` are CLI flags (``None`` means "not given")."""
+    if config_file is not None:
+        os.environ["PREDICTD_CONFIG"] = str(config_file)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)

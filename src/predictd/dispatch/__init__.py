@@ -1,0 +1,1 @@
+"""Moving accepted predictions to workers, and telling waiters when a prediction changes."""

@@ -1,0 +1,79 @@
+"""In-process dispatch for embedded mode: one FIFO queue per model, cancel callbacks, and a notifier."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from ..domain import Prediction
+
+CancelHandler = Callable[[str], Awaitable[None]]
+
+
+class LocalBroker:
+    def __init__(self) -> None:
+        self._queues: dict[str, asyncio.Queue[str]] = defaultdict(asyncio.Queue)
+        self._cancel_handlers: list[CancelHandler] = []
+
+    async def enqueue(self, prediction_id: str, model: str) -> None:
+        self._queues[model].put_nowait(prediction_id)
+
+    async def cancel(self, prediction_id: str) -> None:
+        for handler in self._cancel_handlers:
+            await handler(prediction_id)
+
+    # -- the consuming side (runtime/supervisor.py) --------------------------------------------------------
+
+    async def take(self, model: str) -> str:
+        return await self._queues[model].get()
+
+    def on_cancel(self, handler: CancelHandler) -> None:
+        self._cancel_handlers.append(handler)
+
+    def depth(self, model: str) -> int:
+        return self._queues[model].qsize()
+
+
+class _LocalSubscription:
+    def __init__(self, hub: LocalNotifier, prediction_id: str) -> None:
+        self._hub = hub
+        self._id = prediction_id
+        self.queue: asyncio.Queue[Prediction] = asyncio.Queue()
+
+    async def next(self, timeout: float) -> Prediction | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._hub._drop(self._id, self)
+
+
+class LocalNotifier:
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[_LocalSubscription]] = defaultdict(set)
+        self._listeners: list[Callable[[Prediction], None]] = []
+
+    def add_listener(self, listener: Callable[[Prediction], None]) -> None:
+        """Called with every published state, for every prediction (metrics)."""
+        self._listeners.append(listener)
+
+    def publish(self, prediction: Prediction) -> None:
+        for listener in self._listeners:
+            listener(prediction)
+        for subscription in self._subscribers.get(prediction.id, ()):
+            subscription.queue.put_nowait(prediction)
+
+    def subscribe(self, prediction_id: str) -> _LocalSubscription:
+        subscription = _LocalSubscription(self, prediction_id)
+        self._subscribers[prediction_id].add(subscription)
+        return subscription
+
+    def _drop(self, prediction_id: str, subscription: _LocalSubscription) -> None:
+        subscribers = self._subscribers.get(prediction_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[prediction_id]

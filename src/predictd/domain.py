@@ -1,0 +1,159 @@
+"""Predictions, their state machine, accounts and models. Pure data and rules; no I/O."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Internal prediction states. Each HTTP surface names them in its own vocabulary (below)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
+
+# The only legal moves. PROCESSING -> QUEUED is a retry after the worker running it died.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.PROCESSING, Status.CANCELLED, Status.FAILED, Status.TIMED_OUT}),
+    Status.PROCESSING: frozenset(
+        {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.QUEUED}
+    ),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.TIMED_OUT: frozenset(),
+}
+
+
+def can_transition(current: Status, target: Status) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """The states from which ``target`` may be entered: the guard of a conditional store update."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+# The status vocabulary of each surface, in one place.
+NATIVE_STATUS: dict[Status, str] = {
+    Status.QUEUED: "pending",
+    Status.PROCESSING: "processing",
+    Status.SUCCEEDED: "succeeded",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "cancelled",
+    Status.TIMED_OUT: "failed",
+}
+FASHN_STATUS: dict[Status, str] = {
+    Status.QUEUED: "in_queue",
+    Status.PROCESSING: "processing",
+    Status.SUCCEEDED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "canceled",
+    Status.TIMED_OUT: "time_out",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str = "") -> str:
+    """A time-ordered, unguessable id: 12 hex digits of milliseconds, then 64 random bits."""
+    return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    status: AccountStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    account_id: str
+    prefix: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+    key_hash: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the authenticated key and its account."""
+
+    account: Account
+    key_id: str
+
+
+@dataclass(slots=True)
+class Prediction:
+    id: str
+    account_id: str
+    model: str
+    status: Status
+    input: dict[str, Any] | None
+    created_at: datetime
+    source: str = "api"
+    output: Any = None
+    error_name: str | None = None
+    error_message: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    predict_time: float | None = None
+    attempts: int = 0
+    data_removed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def total_time(self) -> float | None:
+        if self.completed_at is None:
+            return None
+        return max(0.0, (self.completed_at - self.created_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model as the API sees it: its configuration plus what its workers reported."""
+
+    slug: str
+    description: str
+    available: bool
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    status_detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Prediction]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def last_page(self) -> int:
+        return max(1, -(-self.total // self.per_page))

@@ -1,0 +1,35 @@
+"""API keys: generated with 256 bits of randomness, shown once, stored only as a SHA-256 digest.
+
+A fast digest is the right tool here (as GitHub and Stripe do): keys are random, not passwords, so there is
+nothing to brute-force, and lookups must be cheap on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+KEY_PREFIX = "pd_"
+DISPLAY_PREFIX_CHARS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    secret: str
+    prefix: str
+    digest: str
+
+
+def generate_key() -> NewKey:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    return NewKey(secret=secret, prefix=secret[:DISPLAY_PREFIX_CHARS], digest=digest(secret))
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def matches(secret: str, stored_digest: str) -> bool:
+    return hmac.compare_digest(digest(secret), stored_digest)

@@ -1,0 +1,212 @@
+"""Embedded mode's worker fleet: for each model, N slots, each owning one warm worker subprocess.
+
+A slot takes a prediction from its model's queue only while its worker is up, so a model whose workers
+cannot start accepts nothing (MODEL_UNAVAILABLE) instead of piling up work no one will run. A worker that
+fails to start is retried with exponential backoff; one that dies mid-prediction is replaced, and the
+prediction is queued again until its attempts run out (then it fails with UnavailableError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..config import ModelConfig
+from ..dispatch.local import LocalBroker
+from ..domain import ModelInfo
+from .executor import Executor
+from .process import WorkerDied, WorkerProcess, WorkerStartError
+
+log = structlog.get_logger("predictd.runtime")
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class Slot:
+    model: ModelConfig
+    index: int
+    worker: WorkerProcess | None = None
+    failures: int = 0
+    last_error: str = ""
+    tried: asyncio.Event = field(default_factory=asyncio.Event)
+    current: str | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.worker is not None and self.worker.alive
+
+
+class Supervisor:
+    """Runs predictions from a LocalBroker on worker subprocesses; also the deployment's ModelCatalog."""
+
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        broker: LocalBroker,
+        executor: Executor,
+        *,
+        start_timeout_s: float,
+        cancel_grace_s: float,
+    ) -> None:
+        self._models = {m.slug: m for m in models}
+        self._broker = broker
+        self._executor = executor
+        self._start_timeout_s = start_timeout_s
+        self._cancel_grace_s = cancel_grace_s
+        self._slots: dict[str, list[Slot]] = {m.slug: [Slot(m, i) for i in range(m.workers)] for m in models}
+        self._schemas: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._idle = asyncio.Event()
+        broker.on_cancel(self._cancel)
+
+    # -- ModelCatalog --------------------------------------------------------------------------------------
+
+    def list(self) -> list[ModelInfo]:
+        return [self._info(slug) for slug in self._models]
+
+    def get(self, slug: str) -> ModelInfo | None:
+        return self._info(slug) if slug in self._models else None
+
+    def _info(self, slug: str) -> ModelInfo:
+        config = self._models[slug]
+        slots = self._slots[slug]
+        available = any(s.up for s in slots)
+        schemas = self._schemas.get(slug)
+        detail = (
+            "" if available else next((s.last_error for s in slots if s.last_error), "no worker is running")
+        )
+        if not slots:
+            detail = "no worker is configured for this model"
+        return ModelInfo(
+            slug=slug,
+            description=config.description,
+            available=available,
+            input_schema=schemas[0] if schemas else None,
+            output_schema=schemas[1] if schemas else None,
+            status_detail=detail,
+        )
+
+    def timeout_for(self, slug: str) -> float:
+        return self._models[slug].timeout_s
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every slot; return once each has tried to start its worker at least once."""
+        for slots in self._slots.values():
+            for slot in slots:
+                self._tasks.append(asyncio.create_task(self._slot_loop(slot), name=f"slot-{slot.model.slug}"))
+        waits = [slot.tried.wait() for slots in self._slots.values() for slot in slots]
+        if waits:
+            await asyncio.wait_for(asyncio.gather(*waits), self._start_timeout_s + 5.0)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop taking work, give running predictions ``grace_s`` to finish, then stop every worker.
+        Predictions still running are left PROCESSING and resumed by the next start's recovery."""
+        self._closing = True
+        if self._busy():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_idle(), grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(s.worker.stop() for slots in self._slots.values() for s in slots if s.worker is not None),
+            return_exceptions=True,
+        )
+
+    def _busy(self) -> bool:
+        return any(s.current for slots in self._slots.values() for s in slots)
+
+    async def _wait_idle(self) -> None:
+        while self._busy():
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- the slot loop -------------------------------------------------------------------------------------
+
+    async def _ensure_worker(self, slot: Slot) -> None:
+        while not slot.up:
+            try:
+                slot.worker = await WorkerProcess.start(slot.model.ref, self._start_timeout_s)
+                self._schemas[slot.model.slug] = (
+                    slot.worker.ready.input_schema,
+                    slot.worker.ready.output_schema,
+                )
+                slot.failures, slot.last_error = 0, ""
+                log.info(
+                    "worker ready",
+                    model=slot.model.slug,
+                    slot=slot.index,
+                    pid=slot.worker.pid,
+                    setup_time=round(slot.worker.ready.setup_time, 3),
+                )
+            except WorkerStartError as exc:
+                slot.worker = None
+                slot.last_error = f"model {slot.model.slug!r} failed to start: {exc}"
+                delay = RESTART_BACKOFF_S[min(slot.failures, len(RESTART_BACKOFF_S) - 1)]
+                slot.failures += 1
+                log.warning(
+                    "worker failed to start",
+                    model=slot.model.slug,
+                    slot=slot.index,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
+                slot.tried.set()
+                await asyncio.sleep(delay)
+            finally:
+                slot.tried.set()
+
+    async def _slot_loop(self, slot: Slot) -> None:
+        while not self._closing:
+            await self._ensure_worker(slot)
+            prediction_id = await self._broker.take(slot.model.slug)
+            if self._closing:
+                await self._broker.enqueue(prediction_id, slot.model.slug)
+                return
+            await self._run_one(slot, prediction_id)
+
+    async def _run_one(self, slot: Slot, prediction_id: str) -> None:
+        prediction = await self._executor.claim(prediction_id)
+        if prediction is None or prediction.input is None:
+            return
+        assert slot.worker is not None
+        slot.current = prediction_id
+        try:
+            outcome = await slot.worker.run(prediction_id, prediction.input, slot.model.timeout_s)
+        finally:
+            slot.current = None
+            self._idle.set()
+        if isinstance(outcome, WorkerDied):
+            log.warning(
+                "worker died during a prediction",
+                model=slot.model.slug,
+                prediction=prediction_id,
+                detail=outcome.detail,
+            )
+        _, requeue = await self._executor.record(prediction, outcome)
+        if requeue:
+            await self._broker.enqueue(prediction_id, slot.model.slug)
+
+    async def _cancel(self, prediction_id: str) -> None:
+        for slots in self._slots.values():
+            for slot in slots:
+                if slot.current == prediction_id and slot.worker is not None:
+                    slot.worker.interrupt()
+                    asyncio.get_running_loop().call_later(
+                        self._cancel_grace_s, self._kill_if_still_running, slot, prediction_id
+                    )
+
+    def _kill_if_still_running(self, slot: Slot, prediction_id: str) -> None:
+        if slot.current == prediction_id and slot.worker is not None:
+            log.warning("worker ignored cancel; killing it", model=slot.model.slug, prediction=prediction_id)
+            task = asyncio.get_running_loop().create_task(slot.worker.kill())
+            self._tasks.append(task)

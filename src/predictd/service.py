@@ -1,0 +1,247 @@
+"""The use cases: authenticate, submit, wait, get, cancel, delete, list, models, recovery.
+
+Written only against the ports; the HTTP surfaces translate requests into these calls and errors into
+their own bodies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from jsonschema import Draft202012Validator
+
+from . import keys
+from .domain import (
+    NATIVE_STATUS,
+    AccountStatus,
+    ModelInfo,
+    Page,
+    Prediction,
+    Principal,
+    Status,
+    new_id,
+    utcnow,
+)
+from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
+from .ports import Broker, ListQuery, ModelCatalog, Notifier, Store
+from .runtime.executor import failure_changes
+from .runtime.process import unavailable_failure
+from .validation import compile_schema, validate_input
+
+log = structlog.get_logger("predictd.service")
+
+MAX_PER_PAGE = 50
+DEFAULT_PER_PAGE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    model: str
+    input: Any
+    source: str = "api"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        notifier: Notifier,
+        catalog: ModelCatalog,
+        *,
+        max_attempts: int,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.notifier = notifier
+        self.catalog = catalog
+        self.max_attempts = max_attempts
+        self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+    # -- auth ----------------------------------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        if not secret:
+            raise ApiError(
+                ErrorId.UNAUTHORIZED,
+                "No API key: send it as 'x-api-key: KEY' or 'Authorization: Bearer KEY'.",
+            )
+        found = await self.store.find_key(keys.digest(secret))
+        # The digest lookup is an exact index match; compare again in constant time so that no timing
+        # difference depends on how much of a guessed key was right.
+        if found is None or not keys.matches(secret, found[0].key_hash) or found[0].revoked_at is not None:
+            raise ApiError(ErrorId.UNAUTHORIZED, "The API key is invalid or has been revoked.")
+        api_key, account = found
+        if account.status is AccountStatus.SUSPENDED:
+            raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended.")
+        return Principal(account=account, key_id=api_key.id)
+
+    # -- models --------------------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        return list(self.catalog.list())
+
+    def model(self, slug: str) -> ModelInfo:
+        info = self.catalog.get(slug)
+        if info is None:
+            raise ApiError(ErrorId.MODEL_NOT_FOUND, f"The model with slug {slug!r} does not exist.")
+        return info
+
+    def _validator(self, info: ModelInfo) -> Draft202012Validator | None:
+        if info.input_schema is None:
+            return None
+        cached = self._validators.get(info.slug)
+        if cached is None or cached[0] is not info.input_schema:
+            cached = (info.input_schema, compile_schema(info.input_schema))
+            self._validators[info.slug] = cached
+        return cached[1]
+
+    # -- predictions ---------------------------------------------------------------------------------------
+
+    async def submit(self, principal: Principal, request: SubmitRequest) -> Prediction:
+        info = self.model(request.model)
+        validator = self._validator(info)
+        if not info.available or validator is None:
+            raise ApiError(
+                ErrorId.MODEL_UNAVAILABLE,
+                f"Model {info.slug!r} is unavailable: {info.status_detail or 'no worker can run it'}.",
+                retry_after=5,
+            )
+        validate_input(validator, request.input)
+        prediction = Prediction(
+            id=new_id(),
+            account_id=principal.account.id,
+            model=info.slug,
+            status=Status.QUEUED,
+            input=request.input,
+            created_at=utcnow(),
+            source=request.source,
+            extra=request.extra,
+        )
+        await self.store.insert_prediction(prediction)
+        self.notifier.publish(prediction)
+        await self.broker.enqueue(prediction.id, prediction.model)
+        log.debug("prediction accepted", prediction=prediction.id, model=prediction.model)
+        return prediction
+
+    async def wait(self, prediction: Prediction, timeout_s: float) -> Prediction:
+        """Block until the prediction is terminal or ``timeout_s`` passes; return its latest state."""
+        if prediction.terminal:
+            return prediction
+        subscription = self.notifier.subscribe(prediction.id)
+        try:
+            # Read after subscribing, so a change between the caller's read and now cannot be missed.
+            latest = await self.store.get_prediction(prediction.id) or prediction
+            deadline = time.monotonic() + timeout_s
+            while not latest.terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                update = await subscription.next(remaining)
+                if update is not None:
+                    latest = update
+            return latest
+        finally:
+            subscription.close()
+
+    async def get(self, principal: Principal, prediction_id: str) -> Prediction:
+        prediction = await self.store.get_prediction(prediction_id, principal.account.id)
+        if prediction is None:
+            # Another account's prediction is reported exactly like a missing one.
+            raise ApiError(ErrorId.PREDICTION_NOT_FOUND, f"No prediction with id {prediction_id!r}.")
+        return prediction
+
+    async def cancel(self, principal: Principal, prediction_id: str) -> Prediction:
+        current = await self.get(principal, prediction_id)
+        if current.terminal:
+            raise self._not_cancellable(current)
+        cancelled = await self.store.transition(
+            prediction_id, Status.CANCELLED, completed_at=utcnow(), predict_time=None
+        )
+        if cancelled is None:  # it reached a terminal state between the read and the write
+            latest = await self.get(principal, prediction_id)
+            raise self._not_cancellable(latest)
+        self.notifier.publish(cancelled)
+        await self.broker.cancel(prediction_id)
+        return cancelled
+
+    @staticmethod
+    def _not_cancellable(prediction: Prediction) -> ApiError:
+        return ApiError(
+            ErrorId.PREDICTION_NOT_CANCELLABLE,
+            f"Prediction {prediction.id!r} is already {NATIVE_STATUS[prediction.status]} "
+            "and cannot be cancelled.",
+        )
+
+    async def delete(self, principal: Principal, prediction_id: str) -> Prediction:
+        current = await self.get(principal, prediction_id)
+        if not current.terminal:
+            try:
+                await self.cancel(principal, prediction_id)
+            except ApiError as exc:
+                if exc.error_id is not ErrorId.PREDICTION_NOT_CANCELLABLE:
+                    raise
+        removed = await self.store.remove_data(prediction_id, principal.account.id)
+        if removed is None:
+            raise ApiError(ErrorId.PREDICTION_NOT_FOUND, f"No prediction with id {prediction_id!r}.")
+        return removed
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        page: int = 1,
+        per_page: int = DEFAULT_PER_PAGE,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Page:
+        return await self.store.list_predictions(
+            ListQuery(
+                account_id=principal.account.id,
+                page=page,
+                per_page=per_page,
+                model=model,
+                since=since,
+                until=until,
+            )
+        )
+
+    # -- startup -------------------------------------------------------------------------------------------
+
+    async def recover(self) -> tuple[int, int]:
+        """Put back to work whatever was queued or running when the server last stopped.
+
+        A prediction that was running is queued again until it has used up its attempts; then, and for
+        a model no longer served, it fails with UnavailableError. Returns (requeued, failed).
+        """
+        requeued = failed = 0
+        for prediction in await self.store.list_unfinished():
+            served = self.catalog.get(prediction.model) is not None
+            if served and (prediction.status is Status.QUEUED or prediction.attempts < self.max_attempts):
+                back_in_queue = prediction.status is Status.QUEUED or (
+                    await self.store.transition(prediction.id, Status.QUEUED) is not None
+                )
+                if not back_in_queue:
+                    continue
+                await self.broker.enqueue(prediction.id, prediction.model)
+                requeued += 1
+                continue
+            reason = (
+                f"model {prediction.model!r} is no longer served"
+                if not served
+                else f"the server stopped while it ran, {prediction.attempts} time(s)"
+            )
+            failure = unavailable_failure(f"{UNAVAILABLE_ERROR.meaning} ({reason})")
+            if await self.store.transition(
+                prediction.id, Status.FAILED, **failure_changes(failure, utcnow())
+            ):
+                failed += 1
+        if requeued or failed:
+            log.info("recovered unfinished predictions", requeued=requeued, failed=failed)
+        return requeued, failed
