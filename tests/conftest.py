@@ -80,11 +80,20 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         config_path = self.workdir / "predictd.toml"
         config_path.write_text(self.config)
-        env = {**os.environ, "PREDICTD_DATA_DIR": str(self.data_dir), "PREDICTD_PORT": str(self.port), **self.env}
+        env = {
+            **os.environ,
+            "PREDICTD_DATA_DIR": str(self.data_dir),
+            "PREDICTD_PORT": str(self.port),
+            **self.env,
+        }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "predictd", "--config", str(config_path), "serve"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -54,10 +54,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
     request_id = request_id_of(request)
     log.error("unhandled error", request_id=request_id, path=request.url.path, exc_info=exc)
-    return _render(
+    response = _render(
         request,
         ApiError(ErrorId.INTERNAL_ERROR, f"An unexpected error occurred; quote request id {request_id}."),
     )
+    # Starlette answers unhandled errors from its outermost layer, outside RequestContext.
+    response.headers["x-request-id"] = request_id
+    return response
 
 
 def create_app(settings: Settings) -> FastAPI:

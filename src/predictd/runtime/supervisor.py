@@ -36,10 +36,18 @@ class Slot:
     last_error: str = ""
     tried: asyncio.Event = field(default_factory=asyncio.Event)
     current: str | None = None
+    ever_ready: bool = False
+    starting: bool = False
 
     @property
     def up(self) -> bool:
         return self.worker is not None and self.worker.alive
+
+    @property
+    def serving(self) -> bool:
+        """Up, or replacing a worker that died after a good start: work sent now waits a moment in the
+        queue instead of being refused."""
+        return self.up or (self.starting and self.ever_ready and self.failures == 0)
 
 
 class Supervisor:
@@ -77,7 +85,7 @@ class Supervisor:
     def _info(self, slug: str) -> ModelInfo:
         config = self._models[slug]
         slots = self._slots[slug]
-        available = any(s.up for s in slots)
+        available = any(s.serving for s in slots)
         schemas = self._schemas.get(slug)
         detail = (
             "" if available else next((s.last_error for s in slots if s.last_error), "no worker is running")
@@ -134,8 +142,10 @@ class Supervisor:
 
     async def _ensure_worker(self, slot: Slot) -> None:
         while not slot.up:
+            slot.starting = True
             try:
                 slot.worker = await WorkerProcess.start(slot.model.ref, self._start_timeout_s)
+                slot.ever_ready = True
                 self._schemas[slot.model.slug] = (
                     slot.worker.ready.input_schema,
                     slot.worker.ready.output_schema,
@@ -163,6 +173,7 @@ class Supervisor:
                 slot.tried.set()
                 await asyncio.sleep(delay)
             finally:
+                slot.starting = False
                 slot.tried.set()
 
     async def _slot_loop(self, slot: Slot) -> None:

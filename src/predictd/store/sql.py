@@ -23,6 +23,7 @@ from ..domain import (
     utcnow,
 )
 from ..ports import ListQuery
+from .migrate import migration_lock, upgrade_to_head
 from .schema import accounts, api_keys, predictions
 
 
@@ -110,9 +111,7 @@ class SqlStore:
         return self.engine.dialect.name
 
     async def migrate(self) -> None:
-        from .migrate import upgrade_to_head
-
-        async with self.engine.begin() as conn:
+        async with migration_lock(self.engine.url), self.engine.begin() as conn:
             await conn.run_sync(upgrade_to_head)
 
     async def close(self) -> None:

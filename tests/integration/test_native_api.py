@@ -1,0 +1,472 @@
+"""The Skytells surface over real HTTP against a live embedded server: every API-level error from its real
+cause, the prediction lifecycle, cancel, delete, list, models, and failed predictions."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from predictd.errors import API_ERRORS, ErrorId
+
+from ..conftest import Server, run_sync
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def assert_error(response: httpx.Response, error_id: ErrorId, *fragments: str) -> dict[str, Any]:
+    """The documented error: the right status, flat and nested ids, retry signalling, no traceback."""
+    spec = API_ERRORS[error_id]
+    assert response.status_code == spec.http_status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error_id"] == spec.wire_error_id.value
+    assert body["error"]["error_id"] == spec.wire_error_id.value
+    assert body["error"]["http_status"] == spec.http_status
+    assert body["message"] == body["error"]["message"]
+    assert body["message"]
+    assert body["retryable"] is spec.retryable
+    assert response.headers["x-should-retry"] == ("true" if spec.retryable else "false")
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    assert "id" not in body
+    assert "status" not in body
+    for fragment in fragments:
+        assert fragment in body["message"], body["message"]
+    return body
+
+
+def submit(client: httpx.Client, model: str, inputs: dict[str, Any], wait: bool = False) -> dict[str, Any]:
+    response = client.post("/v1/predictions", json={"model": model, "input": inputs, "await": wait})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def wait_for(
+    client: httpx.Client, prediction_id: str, statuses: set[str], timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/predictions/{prediction_id}").json()
+        if body["status"] in statuses:
+            return dict(body)
+        time.sleep(0.02)
+    raise AssertionError(f"{prediction_id} never reached {statuses}")
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> httpx.Client:
+    return server.client(server.key())
+
+
+# -- the happy path ----------------------------------------------------------------------------------------
+
+
+def test_await_returns_the_finished_prediction(client: httpx.Client) -> None:
+    body = submit(client, "echo", {"text": "héllo"}, wait=True)
+    assert body["status"] == "succeeded"
+    assert body["output"] == "héllo"
+    assert body["error"] is None
+    assert body["model"] == "echo"
+    assert body["source"] == "api"
+    assert body["data_removed"] is False
+    assert body["metrics"]["predict_time"] >= 0
+    assert body["metrics"]["total_time"] >= body["metrics"]["predict_time"]
+    created = datetime.fromisoformat(body["created_at"])
+    assert (
+        created <= datetime.fromisoformat(body["started_at"]) <= datetime.fromisoformat(body["completed_at"])
+    )
+    assert body["urls"]["get"].endswith(f"/v1/predictions/{body['id']}")
+
+
+def test_predict_path_and_bearer_auth_are_equivalent(server: Server) -> None:
+    key = server.key()
+    with server.client() as anonymous:
+        response = anonymous.post(
+            "/v1/predict",
+            json={"model": "echo", "input": {"text": "x"}, "await": True},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 201
+    assert response.json()["output"] == "x"
+
+
+def test_without_await_the_prediction_is_pending_then_succeeds(client: httpx.Client) -> None:
+    body = submit(client, "sleep", {"ms": 300})
+    assert body["status"] in {"pending", "processing"}
+    assert body["output"] is None
+    assert body["metrics"]["total_time"] is None
+    done = wait_for(client, body["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    assert done["output"] == "slept 300 ms"
+    assert done["metrics"]["predict_time"] >= 0.3
+
+
+def test_defaults_from_the_schema_apply(client: httpx.Client) -> None:
+    assert submit(client, "sleep", {}, wait=True)["output"] == "slept 100 ms"
+
+
+# -- API-level errors, each from its real cause --------------------------------------------------------------
+
+
+def test_invalid_input_names_the_field(client: httpx.Client) -> None:
+    response = client.post("/v1/predictions", json={"model": "sleep", "input": {"ms": -5}})
+    assert_error(response, ErrorId.INVALID_INPUT, "input.ms", "minimum of 0")
+    response = client.post("/v1/predictions", json={"model": "echo", "input": {"txt": "x"}})
+    assert_error(response, ErrorId.INVALID_INPUT, "unknown field(s) 'txt'", "input.text is required")
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [(b"{not json", "not valid JSON"), (b"[]", "JSON object"), (b"", "empty"), (b"\xff", "not valid JSON")],
+)
+def test_malformed_bodies_are_invalid_input(client: httpx.Client, raw: bytes, fragment: str) -> None:
+    response = client.post("/v1/predictions", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, ErrorId.INVALID_INPUT, fragment)
+
+
+def test_wrong_top_level_types_and_unknown_fields(client: httpx.Client) -> None:
+    response = client.post("/v1/predictions", json={"model": 5, "input": {}})
+    assert_error(response, ErrorId.INVALID_INPUT, "'model'")
+    response = client.post("/v1/predictions", json={"model": "echo", "input": "text"})
+    assert_error(response, ErrorId.INVALID_INPUT, "'input'")
+    response = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "x"}, "await": "yes"})
+    assert_error(response, ErrorId.INVALID_INPUT, "'await'")
+    response = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "x"}, "priority": 1})
+    assert_error(response, ErrorId.INVALID_INPUT, "'priority'")
+
+
+def test_unsupported_media_type(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/predictions",
+        content=b'{"model": "echo", "input": {"text": "x"}}',
+        headers={"content-type": "text/plain"},
+    )
+    assert_error(response, ErrorId.UNSUPPORTED_MEDIA_TYPE, "text/plain")
+    response = client.post("/v1/predict", data={"model": "echo"})
+    assert_error(response, ErrorId.UNSUPPORTED_MEDIA_TYPE, "application/x-www-form-urlencoded")
+
+
+def test_missing_required_fields(client: httpx.Client) -> None:
+    assert_error(
+        client.post("/v1/predictions", json={"input": {"text": "x"}}),
+        ErrorId.MISSING_REQUIRED_FIELD,
+        "'model'",
+    )
+    assert_error(
+        client.post("/v1/predict", json={"model": "echo"}), ErrorId.MISSING_REQUIRED_FIELD, "'input'"
+    )
+
+
+@pytest.mark.parametrize(
+    "query", ["per_page=0", "per_page=51", "page=0", "page=-2", "page=abc", "per_page=1.5"]
+)
+def test_invalid_parameters(client: httpx.Client, query: str) -> None:
+    assert_error(client.get(f"/v1/predictions?{query}"), ErrorId.INVALID_PARAMETER, query.split("=")[0])
+
+
+def test_invalid_fields_parameter(client: httpx.Client) -> None:
+    assert_error(client.get("/v1/models?fields=pricing"), ErrorId.INVALID_PARAMETER, "pricing")
+
+
+@pytest.mark.parametrize("query", ["from=yesterday", "to=2026-02-30", "since=22.11.2026", "until=noon"])
+def test_invalid_date_format(client: httpx.Client, query: str) -> None:
+    assert_error(client.get(f"/v1/predictions?{query}"), ErrorId.INVALID_DATE_FORMAT, query.split("=")[0])
+
+
+def test_invalid_date_range(client: httpx.Client) -> None:
+    response = client.get("/v1/predictions?from=2026-11-22&to=2026-11-01")
+    assert_error(response, ErrorId.INVALID_DATE_RANGE, "'from'", "'to'")
+
+
+def test_unauthorized_missing_unknown_and_revoked(server: Server) -> None:
+    with server.client() as anonymous:
+        assert_error(anonymous.get("/v1/models"), ErrorId.UNAUTHORIZED, "x-api-key")
+        assert_error(anonymous.get("/v1/models", headers={"x-api-key": "pd_not_a_key"}), ErrorId.UNAUTHORIZED)
+        assert_error(
+            anonymous.get("/v1/models", headers={"Authorization": "Basic abc"}), ErrorId.UNAUTHORIZED
+        )
+    key = server.key()
+    with server.client(key) as client:
+        assert client.get("/v1/models").status_code == 200
+        run_sync(_revoke_all(server.database_url, key))
+        assert_error(client.get("/v1/models"), ErrorId.UNAUTHORIZED, "revoked")
+
+
+async def _revoke_all(database_url: str, secret: str) -> None:
+    from predictd import keys
+    from predictd.store import open_store
+
+    store = await open_store(database_url)
+    try:
+        found = await store.find_key(keys.digest(secret))
+        assert found is not None
+        assert await store.revoke_key(found[0].id)
+    finally:
+        await store.close()
+
+
+def test_suspended_account(server: Server) -> None:
+    key = server.key("to-suspend")
+    with sqlite3.connect(server.data_dir / "predictd.sqlite3") as db:
+        db.execute("UPDATE accounts SET status = 'suspended' WHERE name = 'to-suspend'")
+    with server.client(key) as client:
+        assert_error(client.get("/v1/models"), ErrorId.ACCOUNT_SUSPENDED, "suspended")
+
+
+def test_model_not_found(client: httpx.Client) -> None:
+    assert_error(
+        client.post("/v1/predictions", json={"model": "nope", "input": {}}), ErrorId.MODEL_NOT_FOUND, "'nope'"
+    )
+    assert_error(client.get("/v1/model/nope"), ErrorId.MODEL_NOT_FOUND, "'nope'")
+    assert_error(client.get("/v1/models/nope"), ErrorId.MODEL_NOT_FOUND)
+
+
+def test_prediction_not_found_also_for_another_accounts_prediction(
+    server: Server, client: httpx.Client
+) -> None:
+    assert_error(client.get("/v1/predictions/does-not-exist"), ErrorId.PREDICTION_NOT_FOUND)
+    theirs = submit(client, "echo", {"text": "private"}, wait=True)
+    with server.client(server.key()) as other:
+        missing = assert_error(other.get("/v1/predictions/does-not-exist"), ErrorId.PREDICTION_NOT_FOUND)
+        foreign = assert_error(other.get(f"/v1/predictions/{theirs['id']}"), ErrorId.PREDICTION_NOT_FOUND)
+        assert foreign["message"].replace(theirs["id"], "X") == missing["message"].replace(
+            "does-not-exist", "X"
+        )
+        assert_error(other.post(f"/v1/predictions/{theirs['id']}/cancel"), ErrorId.PREDICTION_NOT_FOUND)
+        assert_error(other.delete(f"/v1/predictions/{theirs['id']}/delete"), ErrorId.PREDICTION_NOT_FOUND)
+        assert theirs["id"] not in other.get("/v1/predictions").text
+    assert client.get(f"/v1/predictions/{theirs['id']}").json()["input"] == {"text": "private"}
+
+
+def test_unknown_route_and_method(client: httpx.Client) -> None:
+    assert_error(client.get("/v1/no-such-route"), ErrorId.NOT_FOUND, "/v1/no-such-route")
+    assert_error(client.put("/v1/predictions"), ErrorId.NOT_FOUND, "PUT")
+    with httpx.Client(base_url=str(client.base_url)) as anonymous:
+        assert_error(anonymous.get("/nowhere"), ErrorId.NOT_FOUND)
+
+
+def test_prediction_not_cancellable_once_terminal(client: httpx.Client) -> None:
+    done = submit(client, "echo", {"text": "x"}, wait=True)
+    body = assert_error(
+        client.post(f"/v1/predictions/{done['id']}/cancel"), ErrorId.PREDICTION_NOT_CANCELLABLE
+    )
+    assert "succeeded" in body["message"]
+
+
+def test_model_unavailable_when_its_worker_cannot_start(client: httpx.Client) -> None:
+    response = client.post("/v1/predictions", json={"model": "broken", "input": {"text": "x"}})
+    body = assert_error(response, ErrorId.MODEL_UNAVAILABLE, "'broken'", "weights/broken.onnx not found")
+    assert int(response.headers["retry-after"]) >= 1
+    assert int(response.headers["retry-after-ms"]) >= 1000
+    assert body["retryable"] is True
+    model = client.get("/v1/model/broken").json()
+    assert model["status"] == "unavailable"
+    assert "FileNotFoundError" in model["status_detail"]
+
+
+def test_webhooks_are_refused_until_supported(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/predictions",
+        json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": "http://127.0.0.1:9"}},
+    )
+    assert_error(response, ErrorId.UNPROCESSABLE_ENTITY, "webhook")
+
+
+def test_oversized_body_is_an_infrastructure_error(make_server: Any) -> None:
+    small = make_server("max_body_bytes = 2048\n")
+    with small.client(small.key()) as client:
+        response = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "x" * 5000}})
+        assert_error(response, ErrorId.INFRASTRUCTURE_ERROR, "2048 byte limit")
+        assert submit(client, "echo", {"text": "fits"}, wait=True)["output"] == "fits"
+
+
+def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
+    locked = make_server("sqlite_busy_timeout_ms = 200\n")
+    key = locked.key()
+    holder = sqlite3.connect(locked.data_dir / "predictd.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with locked.client(key) as client:
+            response = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "x"}})
+            body = assert_error(response, ErrorId.INTERNAL_ERROR, response.headers["x-request-id"])
+            assert "sqlite" not in response.text.lower()
+            assert "database is locked" not in response.text
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert body["request_id"] in locked.log(), "the failure is logged with its request id"
+    assert "database is locked" in locked.log()
+    with locked.client(key) as client:
+        assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
+
+
+# -- cancel, delete, list, models ----------------------------------------------------------------------
+
+
+def test_cancel_stops_a_running_prediction_in_its_worker(server: Server) -> None:
+    with server.client(server.key()) as client:
+        running = submit(client, "sleep", {"ms": 20000})
+        wait_for(client, running["id"], {"processing"})
+        started = time.monotonic()
+        cancelled = client.post(f"/v1/predictions/{running['id']}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        # Both sleep workers are free again quickly: the interrupted one did not sleep on.
+        quick = [submit(client, "sleep", {"ms": 50}) for _ in range(2)]
+        for prediction in quick:
+            assert wait_for(client, prediction["id"], TERMINAL)["status"] == "succeeded"
+        assert time.monotonic() - started < 10
+        time.sleep(0.3)
+        final = client.get(f"/v1/predictions/{running['id']}").json()
+        assert final["status"] == "cancelled"
+        assert final["output"] is None
+        assert final["metrics"]["predict_time"] is not None
+        assert_error(
+            client.post(f"/v1/predictions/{running['id']}/cancel"), ErrorId.PREDICTION_NOT_CANCELLABLE
+        )
+
+
+def test_cancel_a_queued_prediction_means_it_never_runs(server: Server) -> None:
+    with server.client(server.key()) as client:
+        blockers = [submit(client, "sleep", {"ms": 1500}) for _ in range(2)]
+        queued = submit(client, "sleep", {"ms": 10})
+        assert client.get(f"/v1/predictions/{queued['id']}").json()["status"] == "pending"
+        assert client.post(f"/v1/predictions/{queued['id']}/cancel").json()["status"] == "cancelled"
+        for blocker in blockers:
+            wait_for(client, blocker["id"], TERMINAL)
+        after = client.get(f"/v1/predictions/{queued['id']}").json()
+        assert after["status"] == "cancelled"
+        assert after["started_at"] is None
+
+
+def test_delete_removes_inputs_and_outputs(client: httpx.Client) -> None:
+    done = submit(client, "echo", {"text": "secret"}, wait=True)
+    for path in (f"/v1/predictions/{done['id']}/delete", f"/v1/predictions/{done['id']}"):
+        response = client.delete(path)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["data_removed"] is True
+        assert body["input"] is None
+        assert body["output"] is None
+        assert body["status"] == "succeeded"
+    stored = client.get(f"/v1/predictions/{done['id']}").json()
+    assert (stored["data_removed"], stored["input"], stored["output"]) == (True, None, None)
+
+
+def test_delete_of_a_running_prediction_cancels_it_first(client: httpx.Client) -> None:
+    running = submit(client, "sleep", {"ms": 20000})
+    body = client.delete(f"/v1/predictions/{running['id']}/delete").json()
+    assert body["status"] == "cancelled"
+    assert body["data_removed"] is True
+
+
+def test_list_filters_and_paginates(server: Server) -> None:
+    with server.client(server.key()) as client:
+        echoes = [submit(client, "echo", {"text": str(i)}, wait=True) for i in range(5)]
+        sleeps = [submit(client, "sleep", {"ms": 1}, wait=True) for _ in range(2)]
+        everything = client.get("/v1/predictions?per_page=50").json()
+        assert everything["pagination"] == {"current_page": 1, "per_page": 50, "total": 7, "last_page": 1}
+        newest_first = [p["id"] for p in everything["data"]]
+        assert newest_first == [p["id"] for p in reversed(echoes + sleeps)]
+
+        page2 = client.get("/v1/predictions?per_page=3&page=2").json()
+        assert page2["pagination"] == {"current_page": 2, "per_page": 3, "total": 7, "last_page": 3}
+        assert [p["id"] for p in page2["data"]] == newest_first[3:6]
+        assert client.get("/v1/predictions?per_page=3&page=9").json()["data"] == []
+
+        only_sleep = client.get("/v1/predictions?model=sleep").json()
+        assert {p["id"] for p in only_sleep["data"]} == {p["id"] for p in sleeps}
+        assert only_sleep["pagination"]["total"] == 2
+
+        today = datetime.now(UTC).date()
+        tomorrow = today + timedelta(days=1)
+        assert client.get(f"/v1/predictions?from={today}&to={today}").json()["pagination"]["total"] == 7
+        assert client.get(f"/v1/predictions?since={tomorrow}").json()["pagination"]["total"] == 0
+        cut = echoes[2]["created_at"]
+        after_cut = client.get("/v1/predictions", params={"from": cut}).json()
+        assert after_cut["pagination"]["total"] == 5
+
+
+def test_models_with_schemas(client: httpx.Client) -> None:
+    models = client.get("/v1/models").json()
+    by_slug = {m["slug"]: m for m in models}
+    assert {"echo", "sleep", "broken"} <= set(by_slug)
+    assert "input_schema" not in by_slug["echo"]
+    assert by_slug["echo"]["status"] == "available"
+    with_schemas = {m["slug"]: m for m in client.get("/v1/models?fields=input_schema,output_schema").json()}
+    assert with_schemas["sleep"]["input_schema"]["properties"]["ms"]["maximum"] == 3_600_000
+    assert with_schemas["echo"]["output_schema"] == {"type": "string"}
+    single = client.get("/v1/model/echo?fields=input_schema").json()
+    assert single["input_schema"]["required"] == ["text"]
+    assert "output_schema" not in single
+
+
+# -- failed predictions --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "error_id", "fragment"),
+    [
+        ("pose", "PoseError", "UNPROCESSABLE_ENTITY", "no person found"),
+        ("inconsistent", "InputValidationError", "UNPROCESSABLE_ENTITY", "width and height"),
+        ("bug", "PipelineError", "INTERNAL_ERROR", "KeyError"),
+    ],
+)
+def test_failed_prediction_payload(
+    client: httpx.Client, kind: str, name: str, error_id: str, fragment: str
+) -> None:
+    response = client.post(
+        "/v1/predictions", json={"model": "raises", "input": {"kind": kind}, "await": True}
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "failed"
+    assert body["error_name"] == name
+    assert body["error_id"] == error_id
+    assert fragment in body["error"]
+    assert body["output"] is None
+    assert body["input"] is None
+    assert body["data_removed"] is True
+    assert body["metrics"]["predict_time"] is not None
+    assert body["metrics"]["total_time"] is not None
+    assert body["model"] == "raises"
+    assert body["source"] == "api"
+    assert client.get(f"/v1/predictions/{body['id']}").json()["status"] == "failed"
+
+
+def test_a_worker_that_dies_is_replaced_and_the_prediction_retried_then_failed(client: httpx.Client) -> None:
+    body = submit(client, "crash", {"after_ms": 10}, wait=True)
+    assert body["status"] == "failed"
+    assert body["error_name"] == "UnavailableError"
+    assert body["error_id"] == "MODEL_UNAVAILABLE"
+    assert "died 2 time(s)" in body["error"]
+    # The model is served again by a fresh worker.
+    assert client.get("/v1/model/crash").json()["status"] == "available"
+
+
+def test_a_prediction_over_its_deadline_fails(client: httpx.Client) -> None:
+    body = submit(client, "slow", {"ms": 10_000}, wait=True)
+    assert body["status"] == "failed"
+    assert body["error_name"] == "DeadlineExceeded"
+    assert "1 s deadline" in body["error"]
+    assert body["metrics"]["predict_time"] == pytest.approx(1.0, abs=0.5)
+    assert submit(client, "slow", {"ms": 10}, wait=True)["status"] == "succeeded"
+
+
+def test_openapi_and_health_and_metrics(server: Server, client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/predictions" in spec["paths"]
+    assert "/v1/model/{slug}" in spec["paths"]
+    health = client.get("/health").json()
+    assert health["models"]["echo"] == "available"
+    assert health["models"]["broken"] == "unavailable"
+    submit(client, "echo", {"text": "x"}, wait=True)
+    metrics = client.get("/metrics").text
+    assert 'predictd_predictions_total{model="echo",status="succeeded"}' in metrics
+    assert 'predictd_model_available{model="broken"} 0.0' in metrics
+    assert "predictd_http_requests_total" in metrics

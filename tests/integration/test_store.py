@@ -1,0 +1,173 @@
+"""The store on real SQLite and real PostgreSQL: migrations, the state machine guard under concurrency,
+tenant isolation and listing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from predictd.domain import Prediction, Status, new_id, utcnow
+from predictd.ports import ListQuery
+from predictd.store import SqlStore, open_store
+from predictd.store.schema import metadata
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    if request.param == "sqlite":
+        opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
+        yield opened
+        await opened.close()
+        return
+    name = f"predictd_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        opened = await open_store(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
+        yield opened
+        await opened.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def queued(account_id: str, model: str = "echo", **overrides: object) -> Prediction:
+    fields: dict[str, object] = {
+        "id": new_id(),
+        "account_id": account_id,
+        "model": model,
+        "status": Status.QUEUED,
+        "input": {"text": "x"},
+        "created_at": utcnow(),
+    }
+    fields.update(overrides)
+    return Prediction(**fields)  # type: ignore[arg-type]
+
+
+async def test_migrations_produce_exactly_the_schema_in_code(store: SqlStore) -> None:
+    async with store.engine.connect() as conn:
+        diff = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+    assert diff == []
+    await store.migrate()  # running again is a no-op
+
+
+async def test_a_second_completion_is_refused(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    p = queued(account.id)
+    await store.insert_prediction(p)
+    assert await store.transition(p.id, Status.SUCCEEDED, output="too early") is None
+    claimed = await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    assert claimed is not None
+    assert claimed.attempts == 1
+    outcomes = await asyncio.gather(
+        *(
+            store.transition(p.id, target, completed_at=utcnow())
+            for target in [Status.SUCCEEDED, Status.CANCELLED, Status.FAILED] * 5
+        )
+    )
+    winners = [o for o in outcomes if o is not None]
+    assert len(winners) == 1
+    stored = await store.get_prediction(p.id)
+    assert stored is not None
+    assert stored.status == winners[0].status
+
+
+async def test_concurrent_claims_hand_a_prediction_to_exactly_one_worker(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    p = queued(account.id)
+    await store.insert_prediction(p)
+    claims = await asyncio.gather(
+        *(store.transition(p.id, Status.PROCESSING, count_attempt=True) for _ in range(10))
+    )
+    assert sum(c is not None for c in claims) == 1
+    stored = await store.get_prediction(p.id)
+    assert stored is not None
+    assert stored.attempts == 1
+
+
+async def test_predictions_are_isolated_by_account(store: SqlStore) -> None:
+    alice = await store.create_account("alice")
+    bob = await store.create_account("bob")
+    p = queued(alice.id)
+    await store.insert_prediction(p)
+    assert await store.get_prediction(p.id, bob.id) is None
+    assert await store.get_prediction(p.id, alice.id) is not None
+    assert await store.remove_data(p.id, bob.id) is None
+    page = await store.list_predictions(ListQuery(account_id=bob.id, page=1, per_page=10))
+    assert page.total == 0
+
+
+async def test_listing_filters_orders_and_pages(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    base = utcnow() - timedelta(hours=1)
+    made = []
+    for i in range(7):
+        p = queued(
+            account.id, model="sleep" if i % 3 == 0 else "echo", created_at=base + timedelta(minutes=i)
+        )
+        await store.insert_prediction(p)
+        made.append(p)
+    page = await store.list_predictions(ListQuery(account_id=account.id, page=2, per_page=3))
+    assert page.total == 7
+    assert [p.id for p in page.items] == [p.id for p in reversed(made)][3:6]
+    sleeps = await store.list_predictions(
+        ListQuery(account_id=account.id, page=1, per_page=50, model="sleep")
+    )
+    assert {p.id for p in sleeps.items} == {made[0].id, made[3].id, made[6].id}
+    window = await store.list_predictions(
+        ListQuery(
+            account_id=account.id,
+            page=1,
+            per_page=50,
+            since=base + timedelta(minutes=2),
+            until=base + timedelta(minutes=4),
+        )
+    )
+    assert [p.id for p in window.items] == [made[4].id, made[3].id, made[2].id]
+    assert all(p.created_at.tzinfo is not None for p in window.items)
+
+
+async def test_json_inputs_round_trip(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    value = {"text": "héllo ✓", "nested": {"list": [1, 2.5, None, True]}, "empty": {}}
+    p = queued(account.id, input=value)
+    await store.insert_prediction(p)
+    stored = await store.get_prediction(p.id)
+    assert stored is not None
+    assert stored.input == value
+    removed = await store.remove_data(p.id, account.id)
+    assert removed is not None
+    assert (removed.input, removed.output, removed.data_removed) == (None, None, True)
+
+
+async def test_keys_are_found_by_digest_and_revoked(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    key = await store.create_key(account.id, "d" * 64, "pd_abcdefg", "ci")
+    found = await store.find_key("d" * 64)
+    assert found is not None
+    assert found[0].id == key.id
+    assert found[1].name == "a"
+    assert await store.find_key("e" * 64) is None
+    assert await store.revoke_key(key.id)
+    assert not await store.revoke_key(key.id)
+    found = await store.find_key("d" * 64)
+    assert found is not None
+    assert found[0].revoked_at is not None
+
+
+async def test_concurrent_migrations_on_one_database_are_safe(store: SqlStore) -> None:
+    url = store.engine.url.render_as_string(hide_password=False)
+    others = await asyncio.gather(*(open_store(url) for _ in range(3)))
+    for other in others:
+        await other.close()
+    assert [a.name for a in await store.list_accounts()] == []
