@@ -9,13 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import pytest
@@ -152,6 +154,25 @@ ref = "{FIXTURE_MODELS}:Raises"
 slug = "slow"
 ref = "{FIXTURE_MODELS}:Slow"
 timeout_s = 1.0
+
+[[models]]
+slug = "thumbnail"
+ref = "{FIXTURE_MODELS}:Thumbnail"
+price = 2.5
+
+[[models]]
+slug = "upstream"
+ref = "{FIXTURE_MODELS}:Upstream"
+
+[[models]]
+slug = "caption"
+ref = "{FIXTURE_MODELS}:Caption"
+
+[media]
+allowed_networks = ["127.0.0.1/32"]
+
+[moderation]
+blocked_terms = ["forbiddenword"]
 """
 
 
@@ -181,3 +202,56 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield srv
     srv.stop()
     srv.kill_all()
+
+
+class _Origin(BaseHTTPRequestHandler):
+    """Routes of a small origin server: images, errors, and an upstream service."""
+
+    routes: ClassVar[dict[str, tuple[int, str, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, content_type, body = self.routes.get(self.path, (404, "text/plain", b"not found"))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Origin:
+    base_url: str
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+
+@pytest.fixture(scope="session")
+def origin() -> Iterator[Origin]:
+    """A real HTTP server on 127.0.0.1 standing in for the internet's image hosts and upstream APIs."""
+    _Origin.routes = {
+        "/photo.png": (200, "image/png", png_bytes()),
+        "/page.html": (200, "text/html", b"<html>not an image</html>"),
+        "/garbage.png": (200, "image/png", b"\x89PNG but not really"),
+        "/upstream/down": (503, "application/json", b'{"error": "overloaded"}'),
+        "/upstream/ok": (200, "text/plain", b"upstream says hi"),
+    }
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield Origin(f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd.shutdown()
+    httpd.server_close()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
 
 import structlog
 
 from .config import Settings
 from .dispatch.local import LocalBroker, LocalNotifier
 from .metrics import Metrics
+from .outputs import LocalOutputs
 from .runtime.executor import Executor
+from .runtime.pipeline import CONFIG_ENV, WorkerConfig
 from .runtime.supervisor import Supervisor
-from .service import Service
+from .safety.text import TextModerator, TextPolicy
+from .service import Policy, Service
 from .store import SqlStore, open_store
 
 log = structlog.get_logger("predictd")
+
+SWEEP_INTERVAL_S = 600.0
 
 
 @dataclass
@@ -25,8 +32,12 @@ class Embedded:
     supervisor: Supervisor
     service: Service
     metrics: Metrics
+    outputs: LocalOutputs
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
         await self.supervisor.close(self.settings.shutdown_grace_s)
         await self.store.close()
 
@@ -43,12 +54,55 @@ def _watch_model(metrics: Metrics, broker: LocalBroker, supervisor: Supervisor, 
     metrics.model_available.labels(slug).set_function(available)
 
 
+def worker_config(settings: Settings, outputs: LocalOutputs) -> WorkerConfig:
+    moderation = settings.moderation
+    return WorkerConfig(
+        outputs_dir=str(outputs.directory.resolve()),
+        outputs_ttl_s=settings.outputs_ttl_s,
+        media=settings.media.model_dump(exclude={"max_total_inline_bytes"}),
+        image_moderation={
+            "conservative_threshold": moderation.image_conservative_threshold,
+            "permissive_threshold": moderation.image_permissive_threshold,
+        },
+    )
+
+
+def policy(settings: Settings) -> Policy:
+    return Policy(
+        rate_limit=settings.rate_limit,
+        rate_window_s=settings.rate_window_s,
+        concurrency_limit=settings.concurrency_limit,
+        max_inline_media_bytes=settings.media.max_total_inline_bytes,
+    )
+
+
+def text_moderator(settings: Settings) -> TextModerator:
+    moderation = settings.moderation
+    return TextModerator(
+        TextPolicy(
+            conservative_threshold=moderation.text_conservative_threshold,
+            permissive_threshold=moderation.text_permissive_threshold,
+            blocked_terms=tuple(moderation.blocked_terms),
+        )
+    )
+
+
+async def _sweep_outputs(outputs: LocalOutputs) -> None:
+    while True:
+        with contextlib.suppress(OSError):
+            removed = await asyncio.to_thread(outputs.sweep)
+            if removed:
+                log.info("expired outputs removed", count=removed)
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
 async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
     """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(
         settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
     )
+    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
     broker = LocalBroker()
     notifier = LocalNotifier()
     notifier.add_listener(metrics.observe_prediction)
@@ -60,10 +114,20 @@ async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
         executor,
         start_timeout_s=settings.worker_start_timeout_s,
         cancel_grace_s=settings.cancel_grace_s,
+        worker_env={CONFIG_ENV: worker_config(settings, outputs).to_env()},
     )
     for model in models:
         _watch_model(metrics, broker, supervisor, model.slug)
-    service = Service(store, broker, notifier, supervisor, max_attempts=settings.max_attempts)
+    service = Service(
+        store,
+        broker,
+        notifier,
+        supervisor,
+        max_attempts=settings.max_attempts,
+        policy=policy(settings),
+        text_moderator=text_moderator(settings),
+        outputs=outputs,
+    )
     try:
         await supervisor.start()
         await service.recover()
@@ -71,4 +135,6 @@ async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
         await supervisor.close(0)
         await store.close()
         raise
-    return Embedded(settings, store, broker, supervisor, service, metrics)
+    deployment = Embedded(settings, store, broker, supervisor, service, metrics, outputs)
+    deployment.tasks.append(asyncio.create_task(_sweep_outputs(outputs), name="sweep-outputs"))
+    return deployment

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,11 +37,45 @@ BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
 class ModelConfig(BaseModel):
     """One model served by this deployment: ``ref`` is ``package.module:Class`` or ``path/file.py:Class``."""
 
+    model_config = ConfigDict(extra="forbid")
+
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
     ref: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
     workers: int = Field(default=1, ge=0, le=64)
     timeout_s: float = Field(default=600.0, gt=0)
     description: str = ""
+    price: float = Field(
+        default=1.0, ge=0, description="Credits per prediction, or per second of predict_time."
+    )
+    price_unit: Literal["prediction", "second"] = "prediction"
+
+
+class MediaSettings(BaseModel):
+    """Limits on input images fetched or decoded by workers (see media.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0)
+    allow_private: bool = Field(default=False, description="Fetch from loopback / private addresses too.")
+    allowed_networks: list[str] = Field(default_factory=list, description="CIDRs fetched even if private.")
+    max_total_inline_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="Pre-queue cap on all data-URI media of one request."
+    )
+
+
+class ModerationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text_conservative_threshold: float = Field(default=0.5, ge=0, le=1)
+    text_permissive_threshold: float = Field(default=0.9, ge=0, le=1)
+    image_conservative_threshold: float = Field(default=0.4, ge=0, le=1)
+    image_permissive_threshold: float = Field(default=0.85, ge=0, le=1)
+    blocked_terms: list[str] = Field(default_factory=list, description="Operator word list for prompts.")
 
 
 class Settings(BaseSettings):
@@ -61,6 +95,14 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     cancel_grace_s: float = Field(default=2.0, gt=0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
+    rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
+    rate_window_s: float = Field(default=60.0, gt=0)
+    concurrency_limit: int | None = Field(
+        default=None, ge=1, description="In-flight predictions per account."
+    )
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     log_level: str = "info"
     log_json: bool = False
 

@@ -122,7 +122,15 @@ class Prediction:
     predict_time: float | None = None
     attempts: int = 0
     data_removed: bool = False
+    cost: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def credits_used(self) -> float:
+        """What the prediction consumed: its cost once succeeded, nothing otherwise."""
+        if self.status is not Status.SUCCEEDED:
+            return 0.0
+        return self.cost or 0.0
 
     @property
     def terminal(self) -> bool:
@@ -135,6 +143,13 @@ class Prediction:
         return max(0.0, (self.completed_at - self.created_at).total_seconds())
 
 
+def price_of(price: float, unit: str, predict_time: float | None) -> float:
+    """The cost of a successful prediction: a flat price, or a price per second of predict_time."""
+    if unit == "second":
+        return round(price * (predict_time or 0.0), 6)
+    return price
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """A model as the API sees it: its configuration plus what its workers reported."""
@@ -145,6 +160,8 @@ class ModelInfo:
     input_schema: dict[str, Any] | None
     output_schema: dict[str, Any] | None
     status_detail: str = ""
+    price: float = 0.0
+    price_unit: str = "prediction"
 
 
 @dataclass(frozen=True, slots=True)

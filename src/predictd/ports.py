@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -64,6 +64,7 @@ class Notifier(Protocol):
 
     def publish(self, prediction: Prediction) -> None: ...
     def subscribe(self, prediction_id: str) -> Subscription: ...
+    def add_listener(self, listener: Callable[[Prediction], None]) -> None: ...
 
 
 class Subscription(Protocol):

@@ -27,15 +27,31 @@ from .domain import (
     utcnow,
 )
 from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
+from .limits import MemoryConcurrency, MemoryRateLimiter, RateDecision
+from .media import data_uri_size
+from .outputs import LocalOutputs
 from .ports import Broker, ListQuery, ModelCatalog, Notifier, Store
 from .runtime.executor import failure_changes
 from .runtime.process import unavailable_failure
+from .runtime.types import MEDIA_KEY, MODERATE_KEY, MODERATION_LEVEL, fields_marked
+from .safety import ModerationLevel, ModerationUnavailable
+from .safety.text import TextModerator
 from .validation import compile_schema, validate_input
 
 log = structlog.get_logger("predictd.service")
 
 MAX_PER_PAGE = 50
 DEFAULT_PER_PAGE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Deployment-wide limits (issue: per plan) and the pre-queue checks' configuration."""
+
+    rate_limit: int | None = None
+    rate_window_s: float = 60.0
+    concurrency_limit: int | None = None
+    max_inline_media_bytes: int = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +71,26 @@ class Service:
         catalog: ModelCatalog,
         *,
         max_attempts: int,
+        policy: Policy | None = None,
+        text_moderator: TextModerator | None = None,
+        outputs: LocalOutputs | None = None,
     ) -> None:
+        self.outputs = outputs
         self.store = store
         self.broker = broker
         self.notifier = notifier
         self.catalog = catalog
         self.max_attempts = max_attempts
+        self.policy = policy or Policy()
+        self.rates = MemoryRateLimiter()
+        self.inflight = MemoryConcurrency()
+        self.text_moderator = text_moderator
         self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
+        notifier.add_listener(self._release_when_done)
+
+    def _release_when_done(self, prediction: Prediction) -> None:
+        if prediction.terminal:
+            self.inflight.release(prediction.account_id, prediction.id)
 
     # -- auth ----------------------------------------------------------------------------------------------
 
@@ -80,6 +109,21 @@ class Service:
         if account.status is AccountStatus.SUSPENDED:
             raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended.")
         return Principal(account=account, key_id=api_key.id)
+
+    def check_rate(self, principal: Principal) -> RateDecision | None:
+        """Count one request against the account's rate limit; raise RATE_LIMIT_EXCEEDED when over."""
+        if self.policy.rate_limit is None:
+            return None
+        decision = self.rates.hit(principal.account.id, self.policy.rate_limit, self.policy.rate_window_s)
+        if not decision.allowed:
+            raise ApiError(
+                ErrorId.RATE_LIMIT_EXCEEDED,
+                f"More than {decision.limit} requests in {decision.window_s:g} s; "
+                f"retry in {decision.retry_after_s:.1f} s.",
+                retry_after=decision.retry_after_s,
+                headers=decision.headers(),
+            )
+        return decision
 
     # -- models --------------------------------------------------------------------------------------------
 
@@ -113,6 +157,8 @@ class Service:
                 retry_after=5,
             )
         validate_input(validator, request.input)
+        self._check_inline_media(info, request.input)
+        self._moderate_text(info, request.input)
         prediction = Prediction(
             id=new_id(),
             account_id=principal.account.id,
@@ -123,11 +169,58 @@ class Service:
             source=request.source,
             extra=request.extra,
         )
-        await self.store.insert_prediction(prediction)
+        limit = self.policy.concurrency_limit
+        if not self.inflight.try_acquire(principal.account.id, prediction.id, limit):
+            raise ApiError(
+                ErrorId.CONCURRENCY_LIMIT_EXCEEDED,
+                f"{limit} predictions are already in flight for this account; "
+                "wait for one to finish before sending another.",
+                retry_after=1,
+                headers={"RateLimit-Policy": f'"concurrency";q={limit}', "RateLimit": '"concurrency";r=0'},
+            )
+        try:
+            await self.store.insert_prediction(prediction)
+        except BaseException:
+            self.inflight.release(principal.account.id, prediction.id)
+            raise
         self.notifier.publish(prediction)
         await self.broker.enqueue(prediction.id, prediction.model)
         log.debug("prediction accepted", prediction=prediction.id, model=prediction.model)
         return prediction
+
+    def _check_inline_media(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
+        assert info.input_schema is not None
+        total = 0
+        for name in fields_marked(info.input_schema, MEDIA_KEY, "image"):
+            value = inputs.get(name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    total += data_uri_size(item)
+        if total > self.policy.max_inline_media_bytes:
+            raise ApiError(
+                ErrorId.INFRASTRUCTURE_ERROR,
+                f"Inline media in this request total {total} bytes, over this deployment's "
+                f"{self.policy.max_inline_media_bytes} byte limit; send URLs instead.",
+            )
+
+    def _moderate_text(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
+        assert info.input_schema is not None
+        fields = fields_marked(info.input_schema, MODERATE_KEY, "text")
+        if not fields or self.text_moderator is None:
+            return
+        level = ModerationLevel(inputs.get(MODERATION_LEVEL, ModerationLevel.CONSERVATIVE))
+        for name in fields:
+            text = inputs.get(name)
+            if not isinstance(text, str):
+                continue
+            try:
+                verdict = self.text_moderator.check(text, level)
+            except ModerationUnavailable as exc:
+                raise ApiError(
+                    ErrorId.MODERATION_ERROR, f"input.{name} could not be moderated: {exc}", retry_after=5
+                ) from None
+            if not verdict.allowed:
+                raise ApiError(ErrorId.CONTENT_POLICY_VIOLATION, f"input.{name}: {verdict.reason}")
 
     async def wait(self, prediction: Prediction, timeout_s: float) -> Prediction:
         """Block until the prediction is terminal or ``timeout_s`` passes; return its latest state."""
@@ -186,7 +279,10 @@ class Service:
             except ApiError as exc:
                 if exc.error_id is not ErrorId.PREDICTION_NOT_CANCELLABLE:
                     raise
+        before = await self.get(principal, prediction_id)
         removed = await self.store.remove_data(prediction_id, principal.account.id)
+        if self.outputs is not None:
+            self.outputs.delete(before.output)
         if removed is None:
             raise ApiError(ErrorId.PREDICTION_NOT_FOUND, f"No prediction with id {prediction_id!r}.")
         return removed
@@ -229,6 +325,7 @@ class Service:
                 )
                 if not back_in_queue:
                     continue
+                self.inflight.try_acquire(prediction.account_id, prediction.id, None)
                 await self.broker.enqueue(prediction.id, prediction.model)
                 requeued += 1
                 continue
@@ -238,9 +335,11 @@ class Service:
                 else f"the server stopped while it ran, {prediction.attempts} time(s)"
             )
             failure = unavailable_failure(f"{UNAVAILABLE_ERROR.meaning} ({reason})")
-            if await self.store.transition(
+            stored = await self.store.transition(
                 prediction.id, Status.FAILED, **failure_changes(failure, utcnow())
-            ):
+            )
+            if stored is not None:
+                self.notifier.publish(stored)
                 failed += 1
         if requeued or failed:
             log.info("recovered unfinished predictions", requeued=requeued, failed=failed)

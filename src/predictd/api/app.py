@@ -18,7 +18,7 @@ from ..assemble import Embedded, start_embedded
 from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
-from . import native
+from . import fashn, native, outputs
 from .context import RequestContext
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
@@ -27,6 +27,8 @@ log = structlog.get_logger("predictd.api")
 
 
 def _render(request: Request, error: ApiError) -> JSONResponse:
+    if fashn.serves(request.url.path):
+        return fashn.render_error(request, error)
     return native.render_error(request, error)
 
 
@@ -84,6 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(native.router)
+    app.include_router(fashn.router)
+    app.include_router(outputs.router)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -20,5 +20,14 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
+RATE_HEADERS_STATE = "rate_headers"
+
+
 async def authenticated(request: Request) -> Principal:
-    return await service_of(request).authenticate(presented_key(request))
+    service = service_of(request)
+    principal = await service.authenticate(presented_key(request))
+    decision = service.check_rate(principal)
+    if decision is not None:
+        # RequestContext adds these to whatever answer the route gives.
+        request.scope.setdefault("state", {})[RATE_HEADERS_STATE] = decision.headers()
+    return principal

@@ -52,7 +52,11 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("x-request-id", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("x-request-id", request_id)
+                for name, value in scope["state"].get("rate_headers", {}).items():
+                    if name not in headers:
+                        headers.append(name, value)
             await send(message)
 
         try:

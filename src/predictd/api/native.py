@@ -19,6 +19,7 @@ from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
 from ..service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
 from . import parsing
 from .auth import authenticated
+from .outputs import public_output
 from .responses import JSONResponse, retry_headers
 from .state import deployment_of, request_id_of, service_of
 
@@ -85,12 +86,13 @@ def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
         "model": prediction.model,
         "source": prediction.source,
         "input": prediction.input,
-        "output": prediction.output,
+        "output": public_output(prediction.output, base_url),
         "error": prediction.error_message,
         "error_id": error_spec.error_id.value if error_spec else None,
         "error_name": prediction.error_name,
         "retryable": error_spec.retryable if error_spec else None,
         "data_removed": prediction.data_removed,
+        "credits_used": prediction.credits_used if prediction.terminal else None,
         "metrics": {"predict_time": predict_time, "total_time": prediction.total_time},
         "created_at": _iso(prediction.created_at),
         "started_at": _iso(prediction.started_at),
@@ -164,7 +166,7 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     parsing.expect_type(body, "input", dict, "a JSON object")
     wait = bool(parsing.expect_type(body, "await", bool, "true or false"))
     parsing.expect_type(body, "stream", bool, "true or false")
-    if body.get("webhook") is not None:
+    if body.get("webhook") is not None:  # delivery lands with the webhooks issue
         raise ApiError(
             ErrorId.UNPROCESSABLE_ENTITY,
             "Field 'webhook' is not supported by this server version; poll or use 'await'.",

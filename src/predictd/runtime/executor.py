@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..domain import Prediction, Status, utcnow
+from ..domain import Prediction, Status, price_of, utcnow
 from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
 from ..ports import Notifier, Store
 from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
@@ -32,14 +32,21 @@ class Executor:
             self._notifier.publish(claimed)
         return claimed
 
-    async def record(self, prediction: Prediction, outcome: Outcome) -> tuple[Prediction | None, bool]:
+    async def record(
+        self, prediction: Prediction, outcome: Outcome, price: float = 0.0, price_unit: str = "prediction"
+    ) -> tuple[Prediction | None, bool]:
         """Write the outcome. Returns the stored prediction (None if the write was refused) and whether
         the prediction should be queued again."""
         now = utcnow()
         changes: dict[str, Any]
         if isinstance(outcome, Succeeded):
             target = Status.SUCCEEDED
-            changes = {"output": outcome.output, "completed_at": now, "predict_time": outcome.predict_time}
+            changes = {
+                "output": outcome.output,
+                "completed_at": now,
+                "predict_time": outcome.predict_time,
+                "cost": price_of(price, price_unit, outcome.predict_time),
+            }
         elif isinstance(outcome, Cancelled):
             target = Status.CANCELLED
             changes = {"completed_at": now, "predict_time": outcome.predict_time}

@@ -21,6 +21,8 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 from pydantic.fields import FieldInfo
 
+from .types import MEDIA_KEY, MODERATE_KEY, fields_marked, runtime_options, schema_mentions
+
 
 class BasePredictor:
     """Subclass this and define ``predict`` with typed parameters (it is not declared here, so that each
@@ -80,8 +82,16 @@ def output_adapter(cls: type[BasePredictor]) -> TypeAdapter[Any]:
 
 
 def input_schema(cls: type[BasePredictor]) -> dict[str, Any]:
+    """predict()'s parameters, plus the reserved options (moderation, output format) that apply."""
     schema = input_model(cls).model_json_schema()
-    schema.setdefault("properties", {})
+    properties = schema.setdefault("properties", {})
+    options = runtime_options(
+        image_inputs=bool(fields_marked(schema, MEDIA_KEY, "image")),
+        moderated_text=bool(fields_marked(schema, MODERATE_KEY, "text")),
+        image_outputs=schema_mentions(output_schema(cls), MEDIA_KEY, "image"),
+    )
+    for name, prop in options.items():
+        properties.setdefault(name, prop)
     schema["additionalProperties"] = False
     return schema
 

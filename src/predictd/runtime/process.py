@@ -80,7 +80,7 @@ class WorkerProcess:
         return self._proc.returncode is None
 
     @classmethod
-    async def start(cls, ref: str, timeout: float) -> WorkerProcess:
+    async def start(cls, ref: str, timeout: float, env: dict[str, str] | None = None) -> WorkerProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -89,7 +89,7 @@ class WorkerProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=MAX_LINE_BYTES,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         try:
             message = await asyncio.wait_for(cls._read(proc), timeout)

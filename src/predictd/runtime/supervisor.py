@@ -61,7 +61,9 @@ class Supervisor:
         *,
         start_timeout_s: float,
         cancel_grace_s: float,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
+        self._worker_env = worker_env or {}
         self._models = {m.slug: m for m in models}
         self._broker = broker
         self._executor = executor
@@ -99,6 +101,8 @@ class Supervisor:
             input_schema=schemas[0] if schemas else None,
             output_schema=schemas[1] if schemas else None,
             status_detail=detail,
+            price=config.price,
+            price_unit=config.price_unit,
         )
 
     def timeout_for(self, slug: str) -> float:
@@ -144,7 +148,9 @@ class Supervisor:
         while not slot.up:
             slot.starting = True
             try:
-                slot.worker = await WorkerProcess.start(slot.model.ref, self._start_timeout_s)
+                slot.worker = await WorkerProcess.start(
+                    slot.model.ref, self._start_timeout_s, self._worker_env
+                )
                 slot.ever_ready = True
                 self._schemas[slot.model.slug] = (
                     slot.worker.ready.input_schema,
@@ -203,7 +209,7 @@ class Supervisor:
                 prediction=prediction_id,
                 detail=outcome.detail,
             )
-        _, requeue = await self._executor.record(prediction, outcome)
+        _, requeue = await self._executor.record(prediction, outcome, slot.model.price, slot.model.price_unit)
         if requeue:
             await self._broker.enqueue(prediction_id, slot.model.slug)
 

@@ -20,6 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..errors import PIPELINE_ERROR, RUNTIME_ERRORS, ModelError
+from .pipeline import Pipeline, WorkerConfig
 from .predictor import input_model, input_schema, load_predictor_class, output_adapter, output_schema
 
 MAX_MESSAGE_CHARS = 2000
@@ -69,9 +70,11 @@ def run(ref: str) -> int:
         predictor.setup()
         inputs_model = input_model(cls)
         outputs = output_adapter(cls)
+        schema = input_schema(cls)
+        pipeline = Pipeline(schema, set(inputs_model.model_fields), WorkerConfig.from_env())
         ready = {
             "type": "ready",
-            "input_schema": input_schema(cls),
+            "input_schema": schema,
             "output_schema": output_schema(cls),
             "setup_time": time.perf_counter() - started,
             "pid": os.getpid(),
@@ -93,11 +96,16 @@ def run(ref: str) -> int:
         try:
             try:
                 _State.predicting = True
-                values = inputs_model.model_validate(request["input"])
+                inputs, options = pipeline.prepare(request["input"])
+                values = inputs_model.model_validate(inputs)
                 result = predictor.predict(**dict(values))  # type: ignore[attr-defined]
+                finished = pipeline.finish(result, options)
             finally:
                 _State.predicting = False
-            answer = {"type": "succeeded", "output": outputs.dump_python(result, mode="json")}
+            answer = {
+                "type": "succeeded",
+                "output": outputs.dump_python(finished, mode="json", warnings=False),
+            }
         except CancelRequested:
             answer = {"type": "cancelled"}
         except ModelError as exc:

@@ -89,6 +89,7 @@ predictions = Table(
     Column("attempts", Integer, nullable=False),
     Column("data_removed", Boolean, nullable=False),
     Column("extra", Json, nullable=False),
+    Column("cost", Float, nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status", "status"),
 )

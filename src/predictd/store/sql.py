@@ -95,6 +95,7 @@ def _prediction(row: Row[Any]) -> Prediction:
         predict_time=row.predict_time,
         attempts=row.attempts,
         data_removed=row.data_removed,
+        cost=row.cost,
         extra=row.extra or {},
     )
 
@@ -235,6 +236,7 @@ class SqlStore:
                     predict_time=prediction.predict_time,
                     attempts=prediction.attempts,
                     data_removed=prediction.data_removed,
+                    cost=prediction.cost,
                     extra=prediction.extra,
                 )
             )

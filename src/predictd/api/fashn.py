@@ -1,0 +1,150 @@
+"""The FASHN-compatible surface: ``/v1/run``, ``/v1/status/{id}``, ``/v1/cancel/{id}``.
+
+API-level errors answer ``{"error": "<Name>", "message": ...}`` with the FASHN page's status for that name
+and no ``id`` / ``status``; a failed prediction answers 200 with ``error: {name, message}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+
+from ..domain import FASHN_STATUS, Prediction, Principal, Status
+from ..errors import API_ERRORS, ApiError, ErrorId
+from ..service import SubmitRequest
+from . import parsing
+from .auth import authenticated
+from .outputs import public_output
+from .responses import JSONResponse, retry_headers
+from .state import request_id_of, service_of
+
+router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
+
+PATH_PREFIXES = ("/v1/run", "/v1/status/", "/v1/cancel/", "/v1/credits")
+RUN_FIELDS = frozenset({"model_name", "inputs"})
+# The official SDK's subscribe() sends its own polling options in the body; they mean nothing to the server.
+SDK_CLIENT_OPTIONS = frozenset({"pollInterval", "timeout", "maxRetries", "onEnqueued", "onQueueUpdate"})
+CREDITS_HEADER = "x-fashn-credits-used"
+
+
+class FashnErrorBody(BaseModel):
+    error: str = Field(examples=["BadRequest"])
+    message: str
+    retryable: bool
+    request_id: str
+
+
+class RunBody(BaseModel):
+    model_name: str = Field(examples=["echo"])
+    inputs: dict[str, Any]
+
+
+def _errors(*ids: ErrorId) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.INTERNAL_ERROR):
+        spec = API_ERRORS[error_id]
+        entry = out.setdefault(spec.fashn_status, {"model": FashnErrorBody, "description": ""})
+        if spec.fashn_name not in entry["description"]:
+            entry["description"] = " / ".join(filter(None, [entry["description"], spec.fashn_name]))
+    return out
+
+
+def error_response(error: ApiError, request_id: str) -> JSONResponse:
+    spec = error.spec
+    return JSONResponse(
+        {
+            "error": spec.fashn_name,
+            "message": error.message,
+            "retryable": spec.retryable,
+            "request_id": request_id,
+        },
+        status_code=spec.fashn_status,
+        headers=retry_headers(error),
+    )
+
+
+def render_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error, request_id_of(request))
+
+
+def serves(path: str) -> bool:
+    return path.startswith(PATH_PREFIXES)
+
+
+def _as_list(output: Any) -> list[Any] | None:
+    if output is None:
+        return None
+    return output if isinstance(output, list) else [output]
+
+
+def status_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
+    error = None
+    if prediction.error_name:
+        error = {"name": prediction.error_name, "message": prediction.error_message or ""}
+    return {
+        "id": prediction.id,
+        "status": FASHN_STATUS[prediction.status],
+        "output": _as_list(public_output(prediction.output, base_url)),
+        "error": error,
+    }
+
+
+def _credit_headers(prediction: Prediction) -> dict[str, str]:
+    if not prediction.terminal:
+        return {}
+    used = prediction.credits_used if prediction.status is Status.SUCCEEDED else 0
+    return {CREDITS_HEADER: f"{used:g}"}
+
+
+@router.post(
+    "/run",
+    summary="Submit a prediction (FASHN SDK path)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RunBody.model_json_schema()}},
+        }
+    },
+    responses=_errors(ErrorId.INVALID_INPUT, ErrorId.MODEL_NOT_FOUND, ErrorId.RATE_LIMIT_EXCEEDED),
+)
+async def run(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    parsing.require_json_content_type(request.headers.get("content-type"))
+    body = parsing.parse_json_object(await request.body())
+    parsing.require_fields(body, "model_name", "inputs")
+    parsing.reject_unknown_fields(body, RUN_FIELDS | SDK_CLIENT_OPTIONS)
+    model = parsing.expect_type(body, "model_name", str, "a string (the model name)")
+    parsing.expect_type(body, "inputs", dict, "a JSON object")
+    if request.query_params.get("webhook_url"):
+        raise ApiError(
+            ErrorId.UNPROCESSABLE_ENTITY,
+            "Query parameter 'webhook_url' is not supported by this server version; poll /v1/status/{id}.",
+        )
+    prediction = await service_of(request).submit(principal, SubmitRequest(model=model, input=body["inputs"]))
+    return JSONResponse({"id": prediction.id, "error": None})
+
+
+@router.get(
+    "/status/{prediction_id}",
+    summary="Prediction status (FASHN SDK path)",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+async def status(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    prediction = await service_of(request).get(principal, prediction_id)
+    return JSONResponse(status_body(prediction, str(request.base_url)), headers=_credit_headers(prediction))
+
+
+@router.post(
+    "/cancel/{prediction_id}",
+    summary="Cancel a prediction (FASHN path)",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND, ErrorId.PREDICTION_NOT_CANCELLABLE),
+)
+async def cancel(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    prediction = await service_of(request).cancel(principal, prediction_id)
+    return JSONResponse(status_body(prediction, str(request.base_url)), headers=_credit_headers(prediction))

@@ -1,0 +1,45 @@
+"""Limits kept in this process (embedded mode: one API process)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from .gcra import RateDecision, gcra
+
+
+class MemoryRateLimiter:
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._clock = time.monotonic
+
+    def hit(self, key: str, limit: int, window_s: float) -> RateDecision:
+        now = self._clock()
+        new_tat, decision = gcra(self._tat.get(key, now), now, limit, window_s)
+        self._tat[key] = new_tat
+        return decision
+
+
+class MemoryConcurrency:
+    """In-flight predictions per account. Acquire and release are idempotent per prediction id, so a
+    prediction is counted once and released exactly once, whatever path ends it."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, set[str]] = defaultdict(set)
+
+    def try_acquire(self, account_id: str, prediction_id: str, limit: int | None) -> bool:
+        held = self._inflight[account_id]
+        if limit is not None and prediction_id not in held and len(held) >= limit:
+            return False
+        held.add(prediction_id)
+        return True
+
+    def release(self, account_id: str, prediction_id: str) -> None:
+        held = self._inflight.get(account_id)
+        if held is not None:
+            held.discard(prediction_id)
+            if not held:
+                del self._inflight[account_id]
+
+    def count(self, account_id: str) -> int:
+        return len(self._inflight.get(account_id, ()))

@@ -1,0 +1,140 @@
+"""What the worker does around ``predict()``: load and moderate media inputs, then moderate, encode and
+store media outputs. Each failure is raised as the catalog's runtime error, naming the input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from PIL import Image
+
+from ..errors import ContentModerationError, PipelineError
+from ..media import MediaLimits, load_image
+from ..outputs import LocalOutputs
+from .types import MEDIA_KEY, MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64, fields_marked
+
+CONFIG_ENV = "PREDICTD_WORKER_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """The part of the settings a worker needs, handed over in an environment variable."""
+
+    outputs_dir: str = ""
+    outputs_ttl_s: float = 72 * 3600
+    media: dict[str, Any] = field(default_factory=dict)
+    image_moderation: dict[str, float] = field(default_factory=dict)
+
+    def to_env(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_env(cls) -> WorkerConfig:
+        raw = os.environ.get(CONFIG_ENV)
+        return cls(**orjson.loads(raw)) if raw else cls()
+
+    def media_limits(self) -> MediaLimits:
+        media = dict(self.media)
+        if "allowed_networks" in media:
+            media["allowed_networks"] = tuple(media["allowed_networks"])
+        return MediaLimits(**media)
+
+
+class Pipeline:
+    def __init__(self, schema: dict[str, Any], model_params: set[str], config: WorkerConfig) -> None:
+        self._image_fields = fields_marked(schema, MEDIA_KEY, "image")
+        # Reserved options the model does not take itself are consumed here, never passed to predict().
+        self._reserved = {MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64} - model_params
+        self._limits = config.media_limits()
+        self._outputs = (
+            LocalOutputs(Path(config.outputs_dir), config.outputs_ttl_s) if config.outputs_dir else None
+        )
+        self._image_policy = config.image_moderation
+        self._moderator: Any = None
+
+    def _image_moderator(self) -> Any:
+        if self._moderator is None:
+            from ..safety.image import ImageModerator, ImagePolicy
+
+            self._moderator = ImageModerator(ImagePolicy(**self._image_policy))
+        return self._moderator
+
+    def prepare(self, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split reserved options off, load and moderate images. Returns (model inputs, options)."""
+        inputs = dict(raw)
+        options = {name: inputs.pop(name) for name in self._reserved if name in inputs}
+        level = str(options.get(MODERATION_LEVEL, "conservative"))
+        for name in self._image_fields:
+            value = inputs.get(name)
+            if isinstance(value, str):
+                inputs[name] = self._load(value, f"input.{name}", level)
+            elif isinstance(value, list):
+                inputs[name] = [
+                    self._load(item, f"input.{name}[{i}]", level) if isinstance(item, str) else item
+                    for i, item in enumerate(value)
+                ]
+        return inputs, options
+
+    def _load(self, value: str, where: str, level: str) -> Image.Image:
+        image = load_image(value, field=where, limits=self._limits)
+        self._moderate(image, where, level)
+        return image
+
+    def _moderate(self, image: Image.Image, where: str, level: str) -> None:
+        from ..safety import ModerationLevel, ModerationUnavailable
+
+        if level == ModerationLevel.NONE:
+            return
+        try:
+            verdict = self._image_moderator().check(image, ModerationLevel(level))
+        except ModerationUnavailable as exc:
+            raise PipelineError(f"{where}: image moderation is unavailable: {exc}") from None
+        if not verdict.allowed:
+            raise ContentModerationError(f"{where}: {verdict.reason}")
+
+    def finish(self, result: Any, options: dict[str, Any]) -> Any:
+        """Moderate every image in the result, then encode and store them; other values pass through.
+        Nothing is stored unless every image passed, so a refused output leaves no file behind."""
+        level = str(options.get(MODERATION_LEVEL, "conservative"))
+        for where, image in _images(result, "output"):
+            self._moderate(image, where, level)
+        fmt = str(options.get(OUTPUT_FORMAT, "png"))
+        inline = bool(options.get(RETURN_BASE64, False))
+        return _replace_images(result, lambda image: self._encode(image, fmt, inline))
+
+    def _encode(self, image: Image.Image, fmt: str, inline: bool) -> str:
+        buffer = io.BytesIO()
+        if fmt == "jpeg":
+            image.convert("RGB").save(buffer, "JPEG", quality=90)
+        else:
+            image.save(buffer, "PNG")
+        data = buffer.getvalue()
+        if inline or self._outputs is None:
+            return f"data:image/{fmt};base64,{base64.b64encode(data).decode()}"
+        return self._outputs.write(data, fmt)
+
+
+def _images(value: Any, where: str) -> list[tuple[str, Image.Image]]:
+    if isinstance(value, Image.Image):
+        return [(where, value)]
+    if isinstance(value, list | tuple):
+        return [found for i, v in enumerate(value) for found in _images(v, f"{where}[{i}]")]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _images(v, f"{where}.{k}")]
+    return []
+
+
+def _replace_images(value: Any, encode: Callable[[Image.Image], str]) -> Any:
+    if isinstance(value, Image.Image):
+        return encode(value)
+    if isinstance(value, list | tuple):
+        return [_replace_images(v, encode) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_images(v, encode) for k, v in value.items()}
+    return value

@@ -1,0 +1,96 @@
+"""Types a model's ``predict()`` annotates its parameters and result with.
+
+* ``ImageInput``: the caller sends an http(s) URL or a ``data:image/<fmt>;base64,`` string; the runtime
+  fetches and decodes it (ImageLoadError on failure), moderates it, and passes a loaded ``PIL.Image``.
+* ``ImageOutput``: return a ``PIL.Image``; the runtime encodes it (``output_format``), moderates it, and
+  stores it behind an unguessable expiring URL, or inlines it as base64 when ``return_base64`` is true.
+* ``Prompt``: a string checked by text moderation before the prediction is queued.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from PIL import Image
+from pydantic import Field, PlainSerializer, PlainValidator, WithJsonSchema
+
+# JSON-Schema keywords predictd adds to mark what the runtime must handle.
+MEDIA_KEY = "x-predictd-media"
+MODERATE_KEY = "x-predictd-moderate"
+
+# Reserved input names every model understands when they apply to it (FASHN puts them inside `inputs`).
+MODERATION_LEVEL = "moderation_level"
+OUTPUT_FORMAT = "output_format"
+RETURN_BASE64 = "return_base64"
+
+
+def _loaded_image(value: Any) -> Image.Image:
+    if not isinstance(value, Image.Image):
+        raise ValueError("expected an image loaded by the runtime")
+    return value
+
+
+def _image_placeholder(value: Any) -> Any:
+    # The worker replaces images by their stored URL before serialising (see runtime/outputs.py).
+    return value
+
+
+ImageInput = Annotated[
+    Image.Image,
+    PlainValidator(_loaded_image),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "uri",
+            MEDIA_KEY: "image",
+            "description": "An http(s) URL, or a data:image/<format>;base64, string.",
+        }
+    ),
+]
+
+ImageOutput = Annotated[
+    Image.Image,
+    PlainValidator(_loaded_image),
+    PlainSerializer(_image_placeholder, when_used="always"),
+    WithJsonSchema({"type": "string", "format": "uri", MEDIA_KEY: "image"}),
+]
+
+Prompt = Annotated[str, Field(json_schema_extra={MODERATE_KEY: "text"})]
+
+
+def runtime_options(image_inputs: bool, moderated_text: bool, image_outputs: bool) -> dict[str, Any]:
+    """The reserved inputs that apply to a model, as JSON-Schema properties."""
+    properties: dict[str, Any] = {}
+    if image_inputs or moderated_text or image_outputs:
+        properties[MODERATION_LEVEL] = {
+            "type": "string",
+            "enum": ["conservative", "permissive", "none"],
+            "default": "conservative",
+            "description": "How strictly inputs and outputs are moderated.",
+        }
+    if image_outputs:
+        properties[OUTPUT_FORMAT] = {"type": "string", "enum": ["png", "jpeg"], "default": "png"}
+        properties[RETURN_BASE64] = {
+            "type": "boolean",
+            "default": False,
+            "description": "Inline images as data URIs instead of storing them behind URLs.",
+        }
+    return properties
+
+
+def fields_marked(schema: dict[str, Any], key: str, value: str) -> list[str]:
+    """Top-level input names whose schema (or array item schema) carries ``key: value``."""
+    found = []
+    for name, prop in schema.get("properties", {}).items():
+        item = prop.get("items", {}) if prop.get("type") == "array" else {}
+        if prop.get(key) == value or item.get(key) == value:
+            found.append(name)
+    return found
+
+
+def schema_mentions(schema: Any, key: str, value: str) -> bool:
+    if isinstance(schema, dict):
+        return schema.get(key) == value or any(schema_mentions(v, key, value) for v in schema.values())
+    if isinstance(schema, list):
+        return any(schema_mentions(v, key, value) for v in schema)
+    return False
