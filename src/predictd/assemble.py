@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 
 from .config import Settings
 from .dispatch.local import LocalBroker, LocalNotifier
+from .domain import utcnow
+from .media import MediaLimits
 from .metrics import Metrics
 from .outputs import LocalOutputs
 from .runtime.executor import Executor
@@ -18,6 +20,7 @@ from .runtime.supervisor import Supervisor
 from .safety.text import TextModerator, TextPolicy
 from .service import Policy, Service
 from .store import SqlStore, open_store
+from .webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
 
 log = structlog.get_logger("predictd")
 
@@ -87,17 +90,38 @@ def text_moderator(settings: Settings) -> TextModerator:
     )
 
 
-async def _sweep_outputs(outputs: LocalOutputs) -> None:
+async def _sweep(outputs: LocalOutputs, store: SqlStore, settings: Settings) -> None:
+    """Expire output files and idempotency keys past their lifetimes."""
     while True:
-        with contextlib.suppress(OSError):
+        try:
             removed = await asyncio.to_thread(outputs.sweep)
-            if removed:
-                log.info("expired outputs removed", count=removed)
+            keys = await store.purge_idempotency(utcnow() - timedelta(seconds=settings.idempotency_ttl_s))
+            if removed or keys:
+                log.info("expired data removed", outputs=removed, idempotency_keys=keys)
+        except Exception:
+            log.exception("sweep failed; will retry")
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
-async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
-    """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses."""
+def delivery_config(settings: Settings) -> DeliveryConfig:
+    hooks = settings.webhooks
+    return DeliveryConfig(
+        schedule_s=tuple(hooks.schedule_s),
+        attempt_timeout_s=hooks.attempt_timeout_s,
+        concurrency=hooks.concurrency,
+        limits=MediaLimits(
+            allow_private=hooks.allow_private,
+            allowed_networks=tuple(hooks.allowed_networks),
+            connect_timeout_s=min(5.0, hooks.attempt_timeout_s),
+            read_timeout_s=hooks.attempt_timeout_s,
+            total_timeout_s=hooks.attempt_timeout_s,
+        ),
+    )
+
+
+async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Embedded:
+    """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses.
+    ``renderers`` turn a prediction into each surface's webhook payload (given by the HTTP layer)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(
         settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
@@ -106,7 +130,10 @@ async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
     broker = LocalBroker()
     notifier = LocalNotifier()
     notifier.add_listener(metrics.observe_prediction)
-    executor = Executor(store, notifier, settings.max_attempts)
+    planner = Planner(renderers)
+    dispatcher = Dispatcher(store, delivery_config(settings))
+    notifier.add_listener(lambda prediction: dispatcher.wake() if "webhook" in prediction.extra else None)
+    executor = Executor(store, notifier, settings.max_attempts, planner)
     models = settings.all_models
     supervisor = Supervisor(
         models,
@@ -127,6 +154,8 @@ async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
         policy=policy(settings),
         text_moderator=text_moderator(settings),
         outputs=outputs,
+        deliveries=planner,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
     )
     try:
         await supervisor.start()
@@ -136,5 +165,6 @@ async def start_embedded(settings: Settings, metrics: Metrics) -> Embedded:
         await store.close()
         raise
     deployment = Embedded(settings, store, broker, supervisor, service, metrics, outputs)
-    deployment.tasks.append(asyncio.create_task(_sweep_outputs(outputs), name="sweep-outputs"))
+    deployment.tasks.append(asyncio.create_task(_sweep(outputs, store, settings), name="sweep"))
+    deployment.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="webhooks"))
     return deployment

@@ -68,6 +68,38 @@ class MediaSettings(BaseModel):
     )
 
 
+# Webhook retries: quick at first, then hourly-ish, for roughly three days.
+DEFAULT_WEBHOOK_SCHEDULE_S = (
+    5.0,
+    30.0,
+    120.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    43200.0,
+    86400.0,
+    86400.0,
+)
+
+
+class WebhookSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schedule_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE_S), description="Delays between attempts."
+    )
+    attempt_timeout_s: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    rotation_grace_s: float = Field(
+        default=86400.0, ge=0, description="How long a rotated secret still signs."
+    )
+    allow_private: bool = False
+    allowed_networks: list[str] = Field(default_factory=list)
+
+
 class ModerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +117,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path("predictd-data")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
-    builtin_models: bool = True
+    builtin_models: bool | list[str] = Field(
+        default=True, description="Serve the built-in models: all (true), none (false), or these slugs."
+    )
     models: list[ModelConfig] = Field(default_factory=list)
 
     await_timeout_s: float = Field(default=60.0, gt=0, description="Longest a submit with await blocks.")
@@ -103,8 +137,20 @@ class Settings(BaseSettings):
     )
     media: MediaSettings = Field(default_factory=MediaSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    idempotency_ttl_s: float = Field(default=86400.0, gt=0)
     log_level: str = "info"
     log_json: bool = False
+
+    @field_validator("builtin_models")
+    @classmethod
+    def _known_builtins(cls, wanted: bool | list[str]) -> bool | list[str]:
+        if isinstance(wanted, list):
+            known = {m["slug"] for m in BUILTIN_MODELS}
+            unknown = sorted(set(wanted) - known)
+            if unknown:
+                raise ValueError(f"unknown built-in model(s) {unknown}; built-in: {sorted(known)}")
+        return wanted
 
     @field_validator("models")
     @classmethod
@@ -140,7 +186,12 @@ class Settings(BaseSettings):
     @property
     def all_models(self) -> list[ModelConfig]:
         configured = {m.slug: m for m in self.models}
-        builtin = [ModelConfig(**m) for m in BUILTIN_MODELS] if self.builtin_models else []
+        wanted = self.builtin_models
+        builtin = [
+            ModelConfig(**m)
+            for m in BUILTIN_MODELS
+            if wanted is True or (isinstance(wanted, list) and m["slug"] in wanted)
+        ]
         return [m for m in builtin if m.slug not in configured] + list(configured.values())
 
 

@@ -123,6 +123,7 @@ class Prediction:
     attempts: int = 0
     data_removed: bool = False
     cost: float | None = None
+    version: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,3 +175,51 @@ class Page:
     @property
     def last_page(self) -> int:
         return max(1, -(-self.total // self.per_page))
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    account_id: str
+    key: str
+    request_hash: str
+    prediction_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A webhook to send, written to the outbox in the same transaction as the state change it reports."""
+
+    id: str
+    prediction_id: str
+    account_id: str
+    event: str
+    url: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    id: str
+    prediction_id: str
+    account_id: str
+    event: str
+    url: str
+    payload: dict[str, Any]
+    status: str  # pending | delivered | failed | disabled
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    history: tuple[WebhookAttempt, ...] = ()

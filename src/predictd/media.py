@@ -705,3 +705,15 @@ def load_image(value: str, *, field: str, limits: MediaLimits) -> Image.Image:
         raise
     except Exception as exc:
         raise ImageLoadError(f"{field}: could not load the image ({type(exc).__name__})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Other outbound calls (webhooks) go through the same guard.
+
+OutboundRefused = _Failure
+
+
+def guarded_transport(limits: MediaLimits, deadline: float) -> httpx.HTTPTransport:
+    """An httpx transport that resolves once, refuses blocked addresses, and connects to the address it
+    checked, under a wall-clock ``deadline`` (time.monotonic()). Raises OutboundRefused on a refusal."""
+    return _PinnedTransport(SafeNetworkBackend(limits, deadline))

@@ -7,7 +7,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from .domain import Account, ApiKey, ModelInfo, Page, Prediction, Status
+from .domain import (
+    Account,
+    ApiKey,
+    IdempotencyRecord,
+    ModelInfo,
+    NewDelivery,
+    Page,
+    Prediction,
+    Status,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another request with the same Idempotency-Key created its prediction first."""
+
+
+# Given the prediction as a state change left it, the webhooks to write in the same transaction.
+DeliveryPlanner = Callable[[Prediction], list[NewDelivery]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +55,44 @@ class Store(Protocol):
     async def revoke_key(self, key_id: str) -> bool: ...
     async def revoke_keys_labelled(self, account_id: str, label: str) -> int: ...
 
-    async def insert_prediction(self, prediction: Prediction) -> None: ...
+    async def insert_prediction(
+        self, prediction: Prediction, idempotency: IdempotencyRecord | None = None
+    ) -> None:
+        """Raises IdempotencyKeyTaken (and creates nothing) when the key is already recorded."""
+        ...
+
     async def get_prediction(
         self, prediction_id: str, account_id: str | None = None
     ) -> Prediction | None: ...
     async def list_predictions(self, query: ListQuery) -> Page: ...
     async def list_unfinished(self) -> list[Prediction]: ...
     async def transition(
-        self, prediction_id: str, target: Status, *, count_attempt: bool = False, **changes: Any
+        self,
+        prediction_id: str,
+        target: Status,
+        *,
+        count_attempt: bool = False,
+        deliveries: DeliveryPlanner | None = None,
+        **changes: Any,
     ) -> Prediction | None:
         """Move to ``target`` only from a state the state machine allows; None when the move is refused.
-        ``count_attempt`` adds one to the prediction's attempts in the same write."""
+        ``count_attempt`` adds one to the prediction's attempts; ``deliveries`` plans webhooks written in
+        the same transaction (a durable outbox)."""
         ...
+
+    async def find_idempotency(self, account_id: str, key: str) -> IdempotencyRecord | None: ...
+    async def forget_idempotency(self, account_id: str, key: str) -> None: ...
+    async def webhook_secrets(self, account_id: str) -> list[str]: ...
+    async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str: ...
+    async def due_deliveries(self, now: datetime, limit: int) -> list[WebhookDelivery]: ...
+    async def next_delivery_at(self) -> datetime | None: ...
+    async def claim_delivery(self, delivery: WebhookDelivery, lease_until: datetime) -> bool: ...
+    async def record_attempt(
+        self, delivery_id: str, attempt: WebhookAttempt, status: str, next_attempt_at: datetime | None
+    ) -> None: ...
+    async def disable_deliveries(self, prediction_id: str, url: str) -> int: ...
+    async def url_disabled(self, prediction_id: str, url: str) -> bool: ...
+    async def list_deliveries(self, prediction_id: str) -> list[WebhookDelivery]: ...
 
     async def remove_data(self, prediction_id: str, account_id: str) -> Prediction | None: ...
 

@@ -6,11 +6,14 @@ their own bodies.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 from jsonschema import Draft202012Validator
 
@@ -18,6 +21,7 @@ from . import keys
 from .domain import (
     NATIVE_STATUS,
     AccountStatus,
+    IdempotencyRecord,
     ModelInfo,
     Page,
     Prediction,
@@ -30,13 +34,14 @@ from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
 from .limits import MemoryConcurrency, MemoryRateLimiter, RateDecision
 from .media import data_uri_size
 from .outputs import LocalOutputs
-from .ports import Broker, ListQuery, ModelCatalog, Notifier, Store
+from .ports import Broker, DeliveryPlanner, IdempotencyKeyTaken, ListQuery, ModelCatalog, Notifier, Store
 from .runtime.executor import failure_changes
 from .runtime.process import unavailable_failure
 from .runtime.types import MEDIA_KEY, MODERATE_KEY, MODERATION_LEVEL, fields_marked
 from .safety import ModerationLevel, ModerationUnavailable
 from .safety.text import TextModerator
 from .validation import compile_schema, validate_input
+from .webhooks import WebhookTarget
 
 log = structlog.get_logger("predictd.service")
 
@@ -59,7 +64,28 @@ class SubmitRequest:
     model: str
     input: Any
     source: str = "api"
+    webhook: WebhookTarget | None = None
+    idempotency_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """What makes two submits "the same request" for an Idempotency-Key."""
+        hook = self.webhook.to_extra() if self.webhook else None
+        if hook:
+            hook.pop("base_url")
+        canonical = orjson.dumps(
+            {"model": self.model, "input": self.input, "webhook": hook}, option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    prediction: Prediction
+    replayed: bool = False
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 class Service:
@@ -74,8 +100,12 @@ class Service:
         policy: Policy | None = None,
         text_moderator: TextModerator | None = None,
         outputs: LocalOutputs | None = None,
+        deliveries: DeliveryPlanner | None = None,
+        idempotency_ttl_s: float = 86400.0,
     ) -> None:
         self.outputs = outputs
+        self.deliveries = deliveries
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.store = store
         self.broker = broker
         self.notifier = notifier
@@ -147,7 +177,16 @@ class Service:
 
     # -- predictions ---------------------------------------------------------------------------------------
 
-    async def submit(self, principal: Principal, request: SubmitRequest) -> Prediction:
+    async def submit(self, principal: Principal, request: SubmitRequest) -> Submission:
+        if request.idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.match(request.idempotency_key):
+                raise ApiError(
+                    ErrorId.INVALID_INPUT,
+                    "Header 'Idempotency-Key' must be 1 to 255 visible ASCII characters.",
+                )
+            replay = await self._replay(principal, request)
+            if replay is not None:
+                return Submission(replay, replayed=True)
         info = self.model(request.model)
         validator = self._validator(info)
         if not info.available or validator is None:
@@ -167,8 +206,13 @@ class Service:
             input=request.input,
             created_at=utcnow(),
             source=request.source,
-            extra=request.extra,
+            extra={**request.extra, **({"webhook": request.webhook.to_extra()} if request.webhook else {})},
         )
+        record = None
+        if request.idempotency_key is not None:
+            record = IdempotencyRecord(
+                principal.account.id, request.idempotency_key, request.fingerprint(), prediction.id, utcnow()
+            )
         limit = self.policy.concurrency_limit
         if not self.inflight.try_acquire(principal.account.id, prediction.id, limit):
             raise ApiError(
@@ -179,14 +223,37 @@ class Service:
                 headers={"RateLimit-Policy": f'"concurrency";q={limit}', "RateLimit": '"concurrency";r=0'},
             )
         try:
-            await self.store.insert_prediction(prediction)
+            await self.store.insert_prediction(prediction, record)
+        except IdempotencyKeyTaken:
+            # A concurrent identical submit won the race: answer with its prediction.
+            self.inflight.release(principal.account.id, prediction.id)
+            replay = await self._replay(principal, request)
+            if replay is None:
+                raise ApiError(ErrorId.INTERNAL_ERROR, "Idempotency-Key race; retry the request.") from None
+            return Submission(replay, replayed=True)
         except BaseException:
             self.inflight.release(principal.account.id, prediction.id)
             raise
         self.notifier.publish(prediction)
         await self.broker.enqueue(prediction.id, prediction.model)
         log.debug("prediction accepted", prediction=prediction.id, model=prediction.model)
-        return prediction
+        return Submission(prediction)
+
+    async def _replay(self, principal: Principal, request: SubmitRequest) -> Prediction | None:
+        assert request.idempotency_key is not None
+        record = await self.store.find_idempotency(principal.account.id, request.idempotency_key)
+        if record is None:
+            return None
+        if (utcnow() - record.created_at).total_seconds() > self.idempotency_ttl_s:
+            await self.store.forget_idempotency(principal.account.id, request.idempotency_key)
+            return None
+        if record.request_hash != request.fingerprint():
+            raise ApiError(
+                ErrorId.UNPROCESSABLE_ENTITY,
+                f"Idempotency-Key {request.idempotency_key!r} was already used with a different request; "
+                "use a new key for a new request.",
+            )
+        return await self.store.get_prediction(record.prediction_id, principal.account.id)
 
     def _check_inline_media(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
         assert info.input_schema is not None
@@ -254,7 +321,11 @@ class Service:
         if current.terminal:
             raise self._not_cancellable(current)
         cancelled = await self.store.transition(
-            prediction_id, Status.CANCELLED, completed_at=utcnow(), predict_time=None
+            prediction_id,
+            Status.CANCELLED,
+            deliveries=self.deliveries,
+            completed_at=utcnow(),
+            predict_time=None,
         )
         if cancelled is None:  # it reached a terminal state between the read and the write
             latest = await self.get(principal, prediction_id)
@@ -336,7 +407,7 @@ class Service:
             )
             failure = unavailable_failure(f"{UNAVAILABLE_ERROR.meaning} ({reason})")
             stored = await self.store.transition(
-                prediction.id, Status.FAILED, **failure_changes(failure, utcnow())
+                prediction.id, Status.FAILED, deliveries=self.deliveries, **failure_changes(failure, utcnow())
             )
             if stored is not None:
                 self.notifier.publish(stored)

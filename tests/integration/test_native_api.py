@@ -269,12 +269,21 @@ def test_model_unavailable_when_its_worker_cannot_start(client: httpx.Client) ->
     assert "FileNotFoundError" in model["status_detail"]
 
 
-def test_webhooks_are_refused_until_supported(client: httpx.Client) -> None:
+@pytest.mark.parametrize(
+    ("webhook", "fragment"),
+    [
+        ("http://127.0.0.1:9", "'webhook' must be an object"),
+        ({"url": "ftp://example.com/hook"}, "webhook.url"),
+        ({"url": "http://127.0.0.1:9", "events": ["finished"]}, "unknown event(s) finished"),
+        ({"url": "http://127.0.0.1:9", "events": []}, "non-empty list"),
+        ({"url": "http://127.0.0.1:9", "secret": "x"}, "unknown field(s) secret"),
+    ],
+)
+def test_invalid_webhook_specs_name_the_field(client: httpx.Client, webhook: object, fragment: str) -> None:
     response = client.post(
-        "/v1/predictions",
-        json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": "http://127.0.0.1:9"}},
+        "/v1/predictions", json={"model": "echo", "input": {"text": "x"}, "webhook": webhook}
     )
-    assert_error(response, ErrorId.UNPROCESSABLE_ENTITY, "webhook")
+    assert_error(response, ErrorId.INVALID_INPUT, fragment)
 
 
 def test_oversized_body_is_an_infrastructure_error(make_server: Any) -> None:

@@ -18,6 +18,7 @@ from ..assemble import Embedded, start_embedded
 from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
+from ..webhooks import Renderer
 from . import fashn, native, outputs
 from .context import RequestContext
 from .responses import JSONResponse
@@ -65,12 +66,21 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
     return response
 
 
+WEBHOOK_RENDERERS: dict[str, Renderer] = {
+    "native": lambda prediction, base_url, event: {
+        **native.prediction_body(prediction, base_url),
+        "event": event,
+    },
+    "fashn": lambda prediction, base_url, event: fashn.status_body(prediction, base_url),
+}
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        deployment: Embedded = await start_embedded(settings, metrics)
+        deployment: Embedded = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
         app.state.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
         try:

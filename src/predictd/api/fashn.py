@@ -15,6 +15,7 @@ from starlette.requests import Request
 from ..domain import FASHN_STATUS, Prediction, Principal, Status
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..service import SubmitRequest
+from ..webhooks import fashn_target
 from . import parsing
 from .auth import authenticated
 from .outputs import public_output
@@ -117,13 +118,19 @@ async def run(request: Request, principal: Principal = Depends(authenticated)) -
     parsing.reject_unknown_fields(body, RUN_FIELDS | SDK_CLIENT_OPTIONS)
     model = parsing.expect_type(body, "model_name", str, "a string (the model name)")
     parsing.expect_type(body, "inputs", dict, "a JSON object")
-    if request.query_params.get("webhook_url"):
-        raise ApiError(
-            ErrorId.UNPROCESSABLE_ENTITY,
-            "Query parameter 'webhook_url' is not supported by this server version; poll /v1/status/{id}.",
-        )
-    prediction = await service_of(request).submit(principal, SubmitRequest(model=model, input=body["inputs"]))
-    return JSONResponse({"id": prediction.id, "error": None})
+    base = str(request.base_url)
+    hook_url = request.query_params.get("webhook_url")
+    submission = await service_of(request).submit(
+        principal,
+        SubmitRequest(
+            model=model,
+            input=body["inputs"],
+            webhook=fashn_target(hook_url, base) if hook_url else None,
+            idempotency_key=request.headers.get("idempotency-key"),
+        ),
+    )
+    headers = {"Idempotent-Replayed": "true"} if submission.replayed else {}
+    return JSONResponse({"id": submission.prediction.id, "error": None}, headers=headers)
 
 
 @router.get(

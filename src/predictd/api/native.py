@@ -7,16 +7,20 @@ object the official SDK parses (it reads ``error.error_id``, ``error.message``, 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 from ..domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
 from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
 from ..service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
+from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated
 from .outputs import public_output
@@ -166,20 +170,26 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     parsing.expect_type(body, "input", dict, "a JSON object")
     wait = bool(parsing.expect_type(body, "await", bool, "true or false"))
     parsing.expect_type(body, "stream", bool, "true or false")
-    if body.get("webhook") is not None:  # delivery lands with the webhooks issue
-        raise ApiError(
-            ErrorId.UNPROCESSABLE_ENTITY,
-            "Field 'webhook' is not supported by this server version; poll or use 'await'.",
-        )
+    base = str(request.base_url)
+    webhook = native_target(body["webhook"], base) if body.get("webhook") is not None else None
     service = service_of(request)
-    prediction = await service.submit(principal, SubmitRequest(model=model, input=body["input"]))
+    submission = await service.submit(
+        principal,
+        SubmitRequest(
+            model=model,
+            input=body["input"],
+            webhook=webhook,
+            idempotency_key=request.headers.get("idempotency-key"),
+        ),
+    )
+    prediction = submission.prediction
     if wait:
         prediction = await service.wait(prediction, deployment_of(request).settings.await_timeout_s)
-    base = str(request.base_url)
+    headers = {"Location": f"{base}v1/predictions/{prediction.id}"}
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
-        prediction_body(prediction, base),
-        status_code=201,
-        headers={"Location": f"{base}v1/predictions/{prediction.id}"},
+        prediction_body(prediction, base), status_code=200 if submission.replayed else 201, headers=headers
     )
 
 
@@ -336,3 +346,134 @@ async def get_model_plural(
 
 def render_error(request: Request, error: ApiError) -> JSONResponse:
     return error_response(error, request_id_of(request))
+
+
+# -- webhooks and streams -----------------------------------------------------------------------------------
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return _iso(moment)
+
+
+@router.get(
+    "/predictions/{prediction_id}/webhooks",
+    summary="Webhook deliveries of a prediction, with every attempt",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+async def list_webhook_deliveries(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    service = service_of(request)
+    await service.get(principal, prediction_id)
+    deliveries = await service.store.list_deliveries(prediction_id)
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": d.id,
+                    "event": d.event,
+                    "url": d.url,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "next_attempt_at": _iso_or_none(d.next_attempt_at) if d.status == "pending" else None,
+                    "created_at": _iso(d.created_at),
+                    "delivered_at": _iso(d.delivered_at),
+                    "last_status_code": d.last_status_code,
+                    "last_error": d.last_error,
+                    "history": [
+                        {
+                            "attempt": a.attempt,
+                            "at": _iso(a.at),
+                            "status_code": a.status_code,
+                            "error": a.error,
+                            "duration_ms": round(a.duration_ms, 1),
+                        }
+                        for a in d.history
+                    ],
+                }
+                for d in deliveries
+            ]
+        }
+    )
+
+
+@router.get("/webhooks/secret", summary="The account's webhook signing secrets (newest first)")
+async def webhook_secret(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    secrets = await service_of(request).store.webhook_secrets(principal.account.id)
+    return JSONResponse({"secret": secrets[0], "valid_secrets": secrets})
+
+
+@router.post("/webhooks/secret/rotate", summary="Rotate the webhook signing secret")
+async def rotate_webhook_secret(
+    request: Request, principal: Principal = Depends(authenticated)
+) -> JSONResponse:
+    deployment = deployment_of(request)
+    grace = deployment.settings.webhooks.rotation_grace_s
+    await deployment.service.store.rotate_webhook_secret(principal.account.id, grace)
+    secrets = await deployment.service.store.webhook_secrets(principal.account.id)
+    return JSONResponse({"secret": secrets[0], "valid_secrets": secrets, "previous_valid_for_s": grace})
+
+
+KEEPALIVE_S = 15.0
+
+
+def _frame(event: str, prediction: Prediction, base_url: str) -> bytes:
+    data = orjson.dumps(prediction_body(prediction, base_url)).decode()
+    return f"id: {prediction.version}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+def _frames(prediction: Prediction, base_url: str) -> list[bytes]:
+    if not prediction.terminal:
+        return [_frame("status", prediction, base_url)]
+    frames = [_frame("output", prediction, base_url)] if prediction.output is not None else []
+    return [*frames, _frame("done", prediction, base_url)]
+
+
+@router.get(
+    "/predictions/{prediction_id}/stream",
+    summary="Server-Sent Events of a prediction's state changes",
+    responses={200: {"content": {"text/event-stream": {}}}, **_errors(ErrorId.PREDICTION_NOT_FOUND)},
+)
+async def stream_prediction(
+    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
+) -> StreamingResponse:
+    """Each event's id is the prediction's version; reconnecting with Last-Event-ID resumes after it."""
+    service = service_of(request)
+    await service.get(principal, prediction_id)
+    raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "-1"
+    try:
+        last_sent = int(raw_last)
+    except ValueError:
+        raise ApiError(
+            ErrorId.INVALID_PARAMETER, f"Last-Event-ID must be an event id (got {raw_last!r})."
+        ) from None
+    base = str(request.base_url)
+
+    async def events() -> AsyncIterator[bytes]:
+        sent = last_sent
+        subscription = service.notifier.subscribe(prediction_id)
+        try:
+            current = await service.get(principal, prediction_id)  # after subscribing: nothing missed
+            while True:
+                if current.version > sent:
+                    for frame in _frames(current, base):
+                        yield frame
+                    sent = current.version
+                if current.terminal:
+                    return
+                update = await subscription.next(KEEPALIVE_S)
+                if update is None:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keepalive\n\n"
+                    continue
+                if update.version > current.version:
+                    current = update
+        finally:
+            subscription.close()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

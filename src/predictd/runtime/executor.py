@@ -10,15 +10,18 @@ from typing import Any
 
 from ..domain import Prediction, Status, price_of, utcnow
 from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
-from ..ports import Notifier, Store
+from ..ports import DeliveryPlanner, Notifier, Store
 from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
 
 
 class Executor:
-    def __init__(self, store: Store, notifier: Notifier, max_attempts: int) -> None:
+    def __init__(
+        self, store: Store, notifier: Notifier, max_attempts: int, deliveries: DeliveryPlanner | None = None
+    ) -> None:
         self._store = store
         self._notifier = notifier
         self._max_attempts = max_attempts
+        self._deliveries = deliveries
 
     async def claim(self, prediction_id: str) -> Prediction | None:
         """QUEUED -> PROCESSING; None when the prediction is no longer queued (cancelled, or taken)."""
@@ -26,6 +29,7 @@ class Executor:
             prediction_id,
             Status.PROCESSING,
             count_attempt=True,
+            deliveries=self._deliveries,
             started_at=utcnow(),
         )
         if claimed is not None:
@@ -65,7 +69,7 @@ class Executor:
                 )
             target = failure_status(outcome)
             changes = failure_changes(outcome, now)
-        stored = await self._store.transition(prediction.id, target, **changes)
+        stored = await self._store.transition(prediction.id, target, deliveries=self._deliveries, **changes)
         if stored is not None:
             self._notifier.publish(stored)
         return stored, False

@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, event, func, insert, select, update
+from sqlalchemy import Row, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..domain import (
     TERMINAL,
     Account,
     AccountStatus,
     ApiKey,
+    IdempotencyRecord,
+    NewDelivery,
     Page,
     Prediction,
     Status,
+    WebhookAttempt,
+    WebhookDelivery,
     new_id,
     sources_of,
     utcnow,
 )
-from ..ports import ListQuery
+from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
 from .migrate import migration_lock, upgrade_to_head
-from .schema import accounts, api_keys, predictions
+from .schema import (
+    UTCDateTime,
+    accounts,
+    api_keys,
+    idempotency_keys,
+    predictions,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_secrets,
+)
 
 
 def _json_dumps(value: Any) -> str:
@@ -96,6 +111,7 @@ def _prediction(row: Row[Any]) -> Prediction:
         attempts=row.attempts,
         data_removed=row.data_removed,
         cost=row.cost,
+        version=row.version,
         extra=row.extra or {},
     )
 
@@ -217,29 +233,50 @@ class SqlStore:
 
     # -- predictions ---------------------------------------------------------------------------------------
 
-    async def insert_prediction(self, prediction: Prediction) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(predictions).values(
-                    id=prediction.id,
-                    account_id=prediction.account_id,
-                    model=prediction.model,
-                    status=prediction.status,
-                    input=prediction.input,
-                    output=prediction.output,
-                    error_name=prediction.error_name,
-                    error_message=prediction.error_message,
-                    source=prediction.source,
-                    created_at=prediction.created_at,
-                    started_at=prediction.started_at,
-                    completed_at=prediction.completed_at,
-                    predict_time=prediction.predict_time,
-                    attempts=prediction.attempts,
-                    data_removed=prediction.data_removed,
-                    cost=prediction.cost,
-                    extra=prediction.extra,
-                )
+    async def insert_prediction(
+        self, prediction: Prediction, idempotency: IdempotencyRecord | None = None
+    ) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                if idempotency is not None:
+                    # First, so that of two concurrent identical submits only one creates a prediction.
+                    await conn.execute(
+                        insert(idempotency_keys).values(
+                            account_id=idempotency.account_id,
+                            key=idempotency.key,
+                            request_hash=idempotency.request_hash,
+                            prediction_id=idempotency.prediction_id,
+                            created_at=idempotency.created_at,
+                        )
+                    )
+                await self._insert_prediction(conn, prediction)
+        except IntegrityError:
+            if idempotency is None:
+                raise
+            raise IdempotencyKeyTaken(idempotency.key) from None
+
+    async def _insert_prediction(self, conn: AsyncConnection, prediction: Prediction) -> None:
+        await conn.execute(
+            insert(predictions).values(
+                id=prediction.id,
+                account_id=prediction.account_id,
+                model=prediction.model,
+                status=prediction.status,
+                input=prediction.input,
+                output=prediction.output,
+                error_name=prediction.error_name,
+                error_message=prediction.error_message,
+                source=prediction.source,
+                created_at=prediction.created_at,
+                started_at=prediction.started_at,
+                completed_at=prediction.completed_at,
+                predict_time=prediction.predict_time,
+                attempts=prediction.attempts,
+                data_removed=prediction.data_removed,
+                cost=prediction.cost,
+                extra=prediction.extra,
             )
+        )
 
     async def get_prediction(self, prediction_id: str, account_id: str | None = None) -> Prediction | None:
         query = select(predictions).where(predictions.c.id == prediction_id)
@@ -285,13 +322,20 @@ class SqlStore:
         return [_prediction(r) for r in rows]
 
     async def transition(
-        self, prediction_id: str, target: Status, *, count_attempt: bool = False, **changes: Any
+        self,
+        prediction_id: str,
+        target: Status,
+        *,
+        count_attempt: bool = False,
+        deliveries: DeliveryPlanner | None = None,
+        **changes: Any,
     ) -> Prediction | None:
         unknown = set(changes) - _PREDICTION_COLUMNS
         if unknown:
             raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
         if count_attempt:
             changes["attempts"] = predictions.c.attempts + 1
+        changes["version"] = predictions.c.version + 1
         allowed = [s.value for s in sources_of(target)]
         statement = (
             update(predictions)
@@ -301,7 +345,14 @@ class SqlStore:
         )
         async with self.engine.begin() as conn:
             row = (await conn.execute(statement)).first()
-        return _prediction(row) if row else None
+            if row is None:
+                return None
+            moved = _prediction(row)
+            if deliveries is not None:
+                planned = deliveries(moved)
+                if planned:
+                    await conn.execute(insert(webhook_deliveries), [_delivery_row(d) for d in planned])
+        return moved
 
     async def remove_data(self, prediction_id: str, account_id: str) -> Prediction | None:
         statement = (
@@ -313,6 +364,232 @@ class SqlStore:
         async with self.engine.begin() as conn:
             row = (await conn.execute(statement)).first()
         return _prediction(row) if row else None
+
+    # -- idempotency ---------------------------------------------------------------------------------------
+
+    async def find_idempotency(self, account_id: str, key: str) -> IdempotencyRecord | None:
+        query = select(idempotency_keys).where(
+            idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return IdempotencyRecord(row.account_id, row.key, row.request_hash, row.prediction_id, row.created_at)
+
+    async def forget_idempotency(self, account_id: str, key: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key
+                )
+            )
+
+    async def purge_idempotency(self, older_than: datetime) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
+            )
+        return int(result.rowcount)
+
+    # -- webhooks ------------------------------------------------------------------------------------------
+
+    async def webhook_secrets(self, account_id: str) -> list[str]:
+        """The account's valid signing secrets, newest first; the first read creates one."""
+        now = utcnow()
+        query = (
+            select(webhook_secrets.c.secret)
+            .where(
+                webhook_secrets.c.account_id == account_id,
+                or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > now),
+            )
+            .order_by(webhook_secrets.c.created_at.desc())
+        )
+        async with self.engine.connect() as conn:
+            found = [r.secret for r in (await conn.execute(query)).all()]
+        if found:
+            return found
+        return [await self.rotate_webhook_secret(account_id, grace_s=0)]
+
+    async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str:
+        """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
+        from ..webhooks import new_secret
+
+        now = utcnow()
+        secret = new_secret()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_secrets)
+                .where(
+                    webhook_secrets.c.account_id == account_id,
+                    or_(
+                        webhook_secrets.c.expires_at.is_(None),
+                        webhook_secrets.c.expires_at > now + timedelta(seconds=grace_s),
+                    ),
+                )
+                .values(expires_at=now + timedelta(seconds=grace_s))
+            )
+            await conn.execute(
+                insert(webhook_secrets).values(
+                    id=new_id("whs_"), account_id=account_id, secret=secret, created_at=now, expires_at=None
+                )
+            )
+        return secret
+
+    async def due_deliveries(self, now: datetime, limit: int) -> list[WebhookDelivery]:
+        query = (
+            select(webhook_deliveries)
+            .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now)
+            .order_by(webhook_deliveries.c.next_attempt_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_delivery(r) for r in rows]
+
+    async def next_delivery_at(self) -> datetime | None:
+        query = select(func.min(webhook_deliveries.c.next_attempt_at)).where(
+            webhook_deliveries.c.status == "pending"
+        )
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
+        return UTC_DATETIME.process_result_value(value, self.engine.dialect) if value is not None else None
+
+    async def claim_delivery(self, delivery: WebhookDelivery, lease_until: datetime) -> bool:
+        """Take a due delivery for one attempt; false when another process took it first."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(webhook_deliveries)
+                .where(
+                    webhook_deliveries.c.id == delivery.id,
+                    webhook_deliveries.c.status == "pending",
+                    webhook_deliveries.c.attempts == delivery.attempts,
+                )
+                .values(next_attempt_at=lease_until)
+            )
+        return bool(result.rowcount)
+
+    async def record_attempt(
+        self, delivery_id: str, attempt: WebhookAttempt, status: str, next_attempt_at: datetime | None
+    ) -> None:
+        values: dict[str, Any] = {
+            "attempts": attempt.attempt,
+            "status": status,
+            "next_attempt_at": next_attempt_at,
+            "last_status_code": attempt.status_code,
+            "last_error": attempt.error,
+        }
+        if status == "delivered":
+            values["delivered_at"] = attempt.at
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(webhook_attempts).values(
+                    delivery_id=delivery_id,
+                    attempt=attempt.attempt,
+                    at=attempt.at,
+                    status_code=attempt.status_code,
+                    error=attempt.error,
+                    duration_ms=attempt.duration_ms,
+                )
+            )
+            await conn.execute(
+                update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values)
+            )
+
+    async def disable_deliveries(self, prediction_id: str, url: str) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(webhook_deliveries)
+                .where(
+                    webhook_deliveries.c.prediction_id == prediction_id,
+                    webhook_deliveries.c.url == url,
+                    webhook_deliveries.c.status == "pending",
+                )
+                .values(status="disabled", next_attempt_at=None)
+            )
+        return int(result.rowcount)
+
+    async def url_disabled(self, prediction_id: str, url: str) -> bool:
+        query = (
+            select(func.count())
+            .select_from(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.prediction_id == prediction_id,
+                webhook_deliveries.c.url == url,
+                webhook_deliveries.c.status == "disabled",
+            )
+        )
+        async with self.engine.connect() as conn:
+            return bool((await conn.execute(query)).scalar_one())
+
+    async def list_deliveries(self, prediction_id: str) -> list[WebhookDelivery]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(webhook_deliveries)
+                    .where(webhook_deliveries.c.prediction_id == prediction_id)
+                    .order_by(webhook_deliveries.c.created_at, webhook_deliveries.c.id)
+                )
+            ).all()
+            ids = [r.id for r in rows]
+            attempts = (
+                (
+                    await conn.execute(
+                        select(webhook_attempts)
+                        .where(webhook_attempts.c.delivery_id.in_(ids))
+                        .order_by(webhook_attempts.c.id)
+                    )
+                ).all()
+                if ids
+                else []
+            )
+        history: dict[str, list[WebhookAttempt]] = {}
+        for a in attempts:
+            history.setdefault(a.delivery_id, []).append(
+                WebhookAttempt(a.attempt, a.at, a.status_code, a.error, a.duration_ms)
+            )
+        return [_delivery(r, tuple(history.get(r.id, ()))) for r in rows]
+
+
+UTC_DATETIME = UTCDateTime()
+
+
+def _delivery_row(d: NewDelivery) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": d.id,
+        "prediction_id": d.prediction_id,
+        "account_id": d.account_id,
+        "event": d.event,
+        "url": d.url,
+        "payload": d.payload,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "delivered_at": None,
+        "last_status_code": None,
+        "last_error": None,
+    }
+
+
+def _delivery(row: Row[Any], history: tuple[WebhookAttempt, ...] = ()) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row.id,
+        prediction_id=row.prediction_id,
+        account_id=row.account_id,
+        event=row.event,
+        url=row.url,
+        payload=row.payload,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        history=history,
+    )
 
 
 async def open_store(url: str, *, sqlite_busy_timeout_ms: int = 5000, migrate: bool = True) -> SqlStore:
