@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, keys
+from .client_cli import predict, predictions_app
 from .config import Settings, load_settings
 from .logs import configure as configure_logging
 from .store import SqlStore, open_store
@@ -205,3 +206,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+app.command("predict")(predict)
+app.add_typer(predictions_app, name="predictions")
