@@ -73,7 +73,10 @@ class Server:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.data_dir / 'predictd.sqlite3'}"
+        return (
+            self.env.get("PREDICTD_DATABASE_URL")
+            or f"sqlite+aiosqlite:///{self.data_dir / 'predictd.sqlite3'}"
+        )
 
     @property
     def log_path(self) -> Path:
@@ -257,3 +260,25 @@ def origin() -> Iterator[Origin]:
     yield Origin(f"http://127.0.0.1:{httpd.server_address[1]}")
     httpd.shutdown()
     httpd.server_close()
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1 for one test (SQLAlchemy URL), dropped afterwards."""
+    import asyncpg
+
+    name = f"predictd_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(PG_ADMIN)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    run_sync(admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    run_sync(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))

@@ -10,13 +10,14 @@ import structlog
 
 from .config import Settings
 from .dispatch.local import LocalBroker, LocalNotifier
-from .domain import utcnow
+from .domain import Plan, utcnow
 from .media import MediaLimits
 from .metrics import Metrics
 from .outputs import LocalOutputs
 from .runtime.executor import Executor
 from .runtime.pipeline import CONFIG_ENV, WorkerConfig
 from .runtime.supervisor import Supervisor
+from .safety.security import SecurityScreen
 from .safety.text import TextModerator, TextPolicy
 from .service import Policy, Service
 from .store import SqlStore, open_store
@@ -72,11 +73,23 @@ def worker_config(settings: Settings, outputs: LocalOutputs) -> WorkerConfig:
 
 def policy(settings: Settings) -> Policy:
     return Policy(
-        rate_limit=settings.rate_limit,
-        rate_window_s=settings.rate_window_s,
-        concurrency_limit=settings.concurrency_limit,
+        plan=Plan(
+            "default",
+            rate_limit=settings.rate_limit,
+            rate_window_s=settings.rate_window_s,
+            concurrency_limit=settings.concurrency_limit,
+        ),
+        default_plan_name=settings.default_plan,
         max_inline_media_bytes=settings.media.max_total_inline_bytes,
+        suspend_after=settings.security.suspend_after,
+        security_window_s=settings.security.window_s,
     )
+
+
+def security_screen(settings: Settings) -> SecurityScreen:
+    if settings.security.rules_file is not None:
+        return SecurityScreen.from_file(settings.security.rules_file, include_default=True)
+    return SecurityScreen.default()
 
 
 def text_moderator(settings: Settings) -> TextModerator:
@@ -156,6 +169,7 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
         outputs=outputs,
         deliveries=planner,
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        security=security_screen(settings),
     )
     try:
         await supervisor.start()

@@ -12,8 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, keys
+from .administration import Administration
 from .client_cli import predict, predictions_app
 from .config import Settings, load_settings
+from .domain import Plan, from_micros
+from .errors import ApiError
 from .logs import configure as configure_logging
 from .store import SqlStore, open_store
 
@@ -21,9 +24,15 @@ T = TypeVar("T")
 
 app = typer.Typer(help="predictd: a self-hostable prediction API server.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-accounts_app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Create, suspend and configure accounts.", no_args_is_help=True)
+plans_app = typer.Typer(
+    help="Plans: models, rate and concurrency limits, prepaid credits.", no_args_is_help=True
+)
+credits_app = typer.Typer(help="Grant, adjust and show credits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(plans_app, name="plans")
+app.add_typer(credits_app, name="credits")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -141,13 +150,8 @@ def keys_create(
 ) -> None:
     """Create an API key and print it once. Only its SHA-256 digest is stored."""
 
-    async def action(store: SqlStore) -> str:
-        found = await store.get_account_by_name(account)
-        owner = found or await store.create_account(account)
-        return await _issue_key(store, owner.id, label)
-
-    secret = _with_store(_settings(), action)
-    typer.echo(secret)
+    issued = _admin(lambda admin: admin.issue_key(account, label, create=True))
+    typer.echo(issued.secret)
 
 
 @keys_app.command("list")
@@ -182,18 +186,163 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `k
     out.print(f"revoked {key_id}")
 
 
+def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
+    """Run an operator use case against the configured store; its errors exit 1 with their message."""
+    try:
+        return _with_store(_settings(), lambda store: action(Administration(store)))
+    except ApiError as exc:
+        err.print(f"[red]{exc.error_id}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+
+
 @accounts_app.command("create")
-def accounts_create(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
-    account = _with_store(_settings(), lambda store: store.create_account(name))
+def accounts_create(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    plan: Annotated[str | None, typer.Option(help="Plan name (see `plans list`).")] = None,
+) -> None:
+    account = _admin(lambda admin: admin.create_account(name, plan))
     out.print(f"{account.id} {account.name}")
 
 
 @accounts_app.command("list")
 def accounts_list() -> None:
-    table = Table("id", "name", "status", "created")
+    table = Table("id", "name", "status", "plan", "disabled models", "created")
     for account in _with_store(_settings(), lambda store: store.list_accounts()):
         table.add_row(
-            account.id, account.name, account.status.value, account.created_at.isoformat(timespec="seconds")
+            account.id,
+            account.name,
+            account.status.value,
+            account.plan or "(default)",
+            ", ".join(account.disabled_models),
+            account.created_at.isoformat(timespec="seconds"),
+        )
+    out.print(table)
+
+
+@accounts_app.command("suspend")
+def accounts_suspend(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    reason: Annotated[str | None, typer.Option(help="Shown to the account's callers.")] = None,
+) -> None:
+    """Refuse every request of the account (ACCOUNT_SUSPENDED) until it is unsuspended."""
+    _admin(lambda admin: admin.set_status(name, True, reason))
+    out.print(f"suspended {name}")
+
+
+@accounts_app.command("unsuspend")
+def accounts_unsuspend(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
+    _admin(lambda admin: admin.set_status(name, False))
+    out.print(f"unsuspended {name}")
+
+
+@accounts_app.command("set-plan")
+def accounts_set_plan(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    plan: Annotated[str, typer.Argument(help="Plan name, or 'default' for the deployment's limits.")],
+) -> None:
+    _admin(lambda admin: admin.set_plan(name, None if plan == "default" else plan))
+    out.print(f"{name} is on plan {plan}")
+
+
+@accounts_app.command("disable-model")
+def accounts_disable_model(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    model: Annotated[str, typer.Argument(help="Model slug.")],
+) -> None:
+    """Refuse this model to this account (MODEL_NOT_AUTHORIZED)."""
+    _admin(lambda admin: admin.set_model_enabled(name, model, False))
+    out.print(f"{model} disabled for {name}")
+
+
+@accounts_app.command("enable-model")
+def accounts_enable_model(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    model: Annotated[str, typer.Argument(help="Model slug.")],
+) -> None:
+    _admin(lambda admin: admin.set_model_enabled(name, model, True))
+    out.print(f"{model} enabled for {name}")
+
+
+@plans_app.command("set")
+def plans_set(
+    name: Annotated[str, typer.Argument(help="Plan name (created or replaced).")],
+    models: Annotated[str, typer.Option(help="Comma-separated model slugs, or '*' for all.")] = "*",
+    rate_limit: Annotated[int | None, typer.Option(help="Requests per window per account.")] = None,
+    rate_window_s: Annotated[float, typer.Option(help="The rate window in seconds.")] = 60.0,
+    key_rate_limit: Annotated[int | None, typer.Option(help="Requests per window per API key.")] = None,
+    concurrency_limit: Annotated[int | None, typer.Option(help="In-flight predictions per account.")] = None,
+    prepaid: Annotated[bool, typer.Option(help="Predictions need credits (reserved on submit).")] = False,
+) -> None:
+    plan = Plan(
+        name=name,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        rate_limit=rate_limit,
+        rate_window_s=rate_window_s,
+        key_rate_limit=key_rate_limit,
+        concurrency_limit=concurrency_limit,
+        prepaid=prepaid,
+    )
+    _admin(lambda admin: admin.put_plan(plan))
+    out.print(f"plan {name} saved")
+
+
+@plans_app.command("list")
+def plans_list() -> None:
+    table = Table("name", "models", "rate", "per key", "concurrency", "prepaid")
+    for plan in _with_store(_settings(), lambda store: store.list_plans()):
+        rate = f"{plan.rate_limit}/{plan.rate_window_s:g}s" if plan.rate_limit else "-"
+        per_key = f"{plan.key_rate_limit}/{plan.rate_window_s:g}s" if plan.key_rate_limit else "-"
+        table.add_row(
+            plan.name,
+            ",".join(plan.models),
+            rate,
+            per_key,
+            str(plan.concurrency_limit or "-"),
+            "yes" if plan.prepaid else "no",
+        )
+    out.print(table)
+
+
+@credits_app.command("grant")
+def credits_grant(
+    account: Annotated[str, typer.Argument(help="Account name.")],
+    amount: Annotated[float, typer.Argument(help="Credits to add.")],
+    note: Annotated[str | None, typer.Option(help="Why (kept in the ledger).")] = None,
+) -> None:
+    credits = _admin(lambda admin: admin.add_credits(account, amount, "grant", note))
+    out.print(f"{account}: {credits.as_dict()}")
+
+
+@credits_app.command("adjust")
+def credits_adjust(
+    account: Annotated[str, typer.Argument(help="Account name.")],
+    amount: Annotated[float, typer.Argument(help="Credits to add (negative to take, e.g. a chargeback).")],
+    note: Annotated[str | None, typer.Option(help="Why (kept in the ledger).")] = None,
+) -> None:
+    credits = _admin(lambda admin: admin.add_credits(account, amount, "adjust", note))
+    out.print(f"{account}: {credits.as_dict()}")
+
+
+@credits_app.command("show")
+def credits_show(
+    account: Annotated[str, typer.Argument(help="Account name.")],
+    entries: Annotated[int, typer.Option(help="How many ledger entries to list.")] = 20,
+) -> None:
+    async def action(admin: Administration) -> tuple[Any, list[Any]]:
+        found = await admin.account(account)
+        return await admin.store.credits(found.id), await admin.store.ledger(found.id, entries)
+
+    credits, ledger = _admin(action)
+    out.print(f"{account}: {credits.as_dict()}")
+    table = Table("id", "kind", "amount", "prediction", "note", "at")
+    for entry in ledger:
+        table.add_row(
+            str(entry.id),
+            entry.kind,
+            f"{from_micros(entry.amount_micros):g}",
+            entry.prediction_id or "",
+            entry.note or "",
+            entry.created_at.isoformat(timespec="seconds"),
         )
     out.print(table)
 

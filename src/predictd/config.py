@@ -48,6 +48,8 @@ class ModelConfig(BaseModel):
         default=1.0, ge=0, description="Credits per prediction, or per second of predict_time."
     )
     price_unit: Literal["prediction", "second"] = "prediction"
+    use_cases: list[str] = Field(default_factory=list, description="Use cases a request may declare.")
+    blocked_regions: list[str] = Field(default_factory=list, description="Regions (proxy header) refused.")
 
 
 class MediaSettings(BaseModel):
@@ -100,6 +102,21 @@ class WebhookSettings(BaseModel):
     allowed_networks: list[str] = Field(default_factory=list)
 
 
+class SecuritySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    suspend_after: int = Field(default=5, ge=1, description="Violations in window_s that suspend an account.")
+    window_s: float = Field(default=3600.0, gt=0)
+    rules_file: Path | None = Field(default=None, description="Extra screening rules (TOML), added to ours.")
+
+
+class LegalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    region_header: str = Field(default="x-client-region", description="Set by the trusted proxy.")
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose region header is read.")
+
+
 class ModerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,6 +155,12 @@ class Settings(BaseSettings):
     media: MediaSettings = Field(default_factory=MediaSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    legal: LegalSettings = Field(default_factory=LegalSettings)
+    admin_key: str | None = Field(
+        default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."
+    )
+    default_plan: str | None = Field(default=None, description="Plan of accounts that have none.")
     idempotency_ttl_s: float = Field(default=86400.0, gt=0)
     log_level: str = "info"
     log_json: bool = False

@@ -84,6 +84,72 @@ class Account:
     name: str
     status: AccountStatus
     created_at: datetime
+    plan: str | None = None
+    disabled_models: tuple[str, ...] = ()
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What an account may use: models ("*" for all), request rate, in-flight predictions, prepaid credits."""
+
+    name: str
+    models: tuple[str, ...] = ("*",)
+    rate_limit: int | None = None
+    rate_window_s: float = 60.0
+    key_rate_limit: int | None = None
+    concurrency_limit: int | None = None
+    prepaid: bool = False
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+MICROS = 1_000_000
+
+
+def to_micros(credits: float) -> int:
+    return round(credits * MICROS)
+
+
+def from_micros(micros: int) -> float:
+    return micros / MICROS
+
+
+@dataclass(frozen=True, slots=True)
+class Credits:
+    balance_micros: int
+    reserved_micros: int
+
+    @property
+    def available_micros(self) -> int:
+        return self.balance_micros - self.reserved_micros
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "balance": from_micros(self.balance_micros),
+            "reserved": from_micros(self.reserved_micros),
+            "available": from_micros(self.available_micros),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: int
+    kind: str  # grant | adjust | reserve | release | charge
+    amount_micros: int
+    prediction_id: str | None
+    note: str | None
+    created_at: datetime
+
+
+class CreditsRefused(Exception):
+    """Raised by the store when a reservation would overspend; nothing was written."""
+
+    def __init__(self, credits: Credits, needed_micros: int) -> None:
+        super().__init__("credits refused")
+        self.credits = credits
+        self.needed_micros = needed_micros
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +165,11 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the authenticated key and its account."""
+    """Who is calling: the authenticated key, its account and the account's plan."""
 
     account: Account
     key_id: str
+    plan: Plan = field(default_factory=lambda: Plan("default"))
 
 
 @dataclass(slots=True)
@@ -163,6 +230,13 @@ class ModelInfo:
     status_detail: str = ""
     price: float = 0.0
     price_unit: str = "prediction"
+    timeout_s: float = 600.0
+    use_cases: tuple[str, ...] = ()
+    blocked_regions: tuple[str, ...] = ()
+
+    def max_cost(self) -> float:
+        """The most one prediction can cost: what a prepaid account must have available to start it."""
+        return price_of(self.price, self.price_unit, self.timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,14 +20,19 @@ from jsonschema import Draft202012Validator
 from . import keys
 from .domain import (
     NATIVE_STATUS,
+    Account,
     AccountStatus,
+    CreditsRefused,
     IdempotencyRecord,
     ModelInfo,
     Page,
+    Plan,
     Prediction,
     Principal,
     Status,
+    from_micros,
     new_id,
+    to_micros,
     utcnow,
 )
 from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
@@ -39,6 +44,7 @@ from .runtime.executor import failure_changes
 from .runtime.process import unavailable_failure
 from .runtime.types import MEDIA_KEY, MODERATE_KEY, MODERATION_LEVEL, fields_marked
 from .safety import ModerationLevel, ModerationUnavailable
+from .safety.security import SecurityScreen
 from .safety.text import TextModerator
 from .validation import compile_schema, validate_input
 from .webhooks import WebhookTarget
@@ -51,12 +57,13 @@ DEFAULT_PER_PAGE = 20
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Deployment-wide limits (issue: per plan) and the pre-queue checks' configuration."""
+    """The deployment's pre-queue rules. ``plan`` applies to accounts without a plan of their own."""
 
-    rate_limit: int | None = None
-    rate_window_s: float = 60.0
-    concurrency_limit: int | None = None
+    plan: Plan = field(default_factory=lambda: Plan("default"))
+    default_plan_name: str | None = None
     max_inline_media_bytes: int = 50 * 1024 * 1024
+    suspend_after: int = 5
+    security_window_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ class SubmitRequest:
     source: str = "api"
     webhook: WebhookTarget | None = None
     idempotency_key: str | None = None
+    use_case: str | None = None
+    region: str | None = None  # from the trusted proxy's header, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -102,7 +111,9 @@ class Service:
         outputs: LocalOutputs | None = None,
         deliveries: DeliveryPlanner | None = None,
         idempotency_ttl_s: float = 86400.0,
+        security: SecurityScreen | None = None,
     ) -> None:
+        self.security = security
         self.outputs = outputs
         self.deliveries = deliveries
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -137,23 +148,41 @@ class Service:
             raise ApiError(ErrorId.UNAUTHORIZED, "The API key is invalid or has been revoked.")
         api_key, account = found
         if account.status is AccountStatus.SUSPENDED:
-            raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended.")
-        return Principal(account=account, key_id=api_key.id)
+            reason = f" ({account.status_reason})" if account.status_reason else ""
+            raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended{reason}.")
+        return Principal(account=account, key_id=api_key.id, plan=await self.plan_of(account))
+
+    async def plan_of(self, account: Account) -> Plan:
+        name = account.plan or self.policy.default_plan_name
+        if name:
+            plan = await self.store.get_plan(name)
+            if plan is not None:
+                return plan
+            log.warning("plan not found; using the deployment's limits", account=account.id, plan=name)
+        return self.policy.plan
 
     def check_rate(self, principal: Principal) -> RateDecision | None:
-        """Count one request against the account's rate limit; raise RATE_LIMIT_EXCEEDED when over."""
-        if self.policy.rate_limit is None:
+        """Count one request against the key's and the account's rate limits; the tighter one answers."""
+        plan = principal.plan
+        limits = []
+        if plan.key_rate_limit is not None:
+            limits.append((f"key:{principal.key_id}", plan.key_rate_limit, plan.rate_window_s))
+        if plan.rate_limit is not None:
+            limits.append((f"acct:{principal.account.id}", plan.rate_limit, plan.rate_window_s))
+        decisions = self.rates.hit_all(limits) if limits else []
+        if not decisions:
             return None
-        decision = self.rates.hit(principal.account.id, self.policy.rate_limit, self.policy.rate_window_s)
-        if not decision.allowed:
+        refused = [d for d in decisions if not d.allowed]
+        if refused:
+            worst = max(refused, key=lambda d: d.retry_after_s)
             raise ApiError(
                 ErrorId.RATE_LIMIT_EXCEEDED,
-                f"More than {decision.limit} requests in {decision.window_s:g} s; "
-                f"retry in {decision.retry_after_s:.1f} s.",
-                retry_after=decision.retry_after_s,
-                headers=decision.headers(),
+                f"More than {worst.limit} requests in {worst.window_s:g} s; "
+                f"retry in {worst.retry_after_s:.1f} s.",
+                retry_after=worst.retry_after_s,
+                headers=worst.headers(),
             )
-        return decision
+        return min(decisions, key=lambda d: d.remaining)
 
     # -- models --------------------------------------------------------------------------------------------
 
@@ -188,6 +217,7 @@ class Service:
             if replay is not None:
                 return Submission(replay, replayed=True)
         info = self.model(request.model)
+        self._check_entitlement(principal, info, request)
         validator = self._validator(info)
         if not info.available or validator is None:
             raise ApiError(
@@ -197,6 +227,7 @@ class Service:
             )
         validate_input(validator, request.input)
         self._check_inline_media(info, request.input)
+        await self._screen_security(principal, request.input)
         self._moderate_text(info, request.input)
         prediction = Prediction(
             id=new_id(),
@@ -213,7 +244,7 @@ class Service:
             record = IdempotencyRecord(
                 principal.account.id, request.idempotency_key, request.fingerprint(), prediction.id, utcnow()
             )
-        limit = self.policy.concurrency_limit
+        limit = principal.plan.concurrency_limit
         if not self.inflight.try_acquire(principal.account.id, prediction.id, limit):
             raise ApiError(
                 ErrorId.CONCURRENCY_LIMIT_EXCEEDED,
@@ -222,8 +253,12 @@ class Service:
                 retry_after=1,
                 headers={"RateLimit-Policy": f'"concurrency";q={limit}', "RateLimit": '"concurrency";r=0'},
             )
+        reserve = to_micros(info.max_cost()) if principal.plan.prepaid else None
         try:
-            await self.store.insert_prediction(prediction, record)
+            await self.store.insert_prediction(prediction, record, reserve)
+        except CreditsRefused as refused:
+            self.inflight.release(principal.account.id, prediction.id)
+            raise self._out_of_credits(refused, info) from None
         except IdempotencyKeyTaken:
             # A concurrent identical submit won the race: answer with its prediction.
             self.inflight.release(principal.account.id, prediction.id)
@@ -254,6 +289,75 @@ class Service:
                 "use a new key for a new request.",
             )
         return await self.store.get_prediction(record.prediction_id, principal.account.id)
+
+    @staticmethod
+    def _check_entitlement(principal: Principal, info: ModelInfo, request: SubmitRequest) -> None:
+        if not principal.plan.allows(info.slug):
+            raise ApiError(
+                ErrorId.MODEL_ACCESS_DENIED,
+                f"Plan {principal.plan.name!r} does not include model {info.slug!r}.",
+            )
+        if info.slug in principal.account.disabled_models:
+            raise ApiError(
+                ErrorId.MODEL_NOT_AUTHORIZED,
+                f"Model {info.slug!r} is disabled for this account by its operator.",
+            )
+        if request.region is not None and request.region.lower() in {r.lower() for r in info.blocked_regions}:
+            raise ApiError(
+                ErrorId.LEGAL_REASONS, f"Model {info.slug!r} is not offered in region {request.region!r}."
+            )
+        if request.use_case is not None and request.use_case not in info.use_cases:
+            offered = ", ".join(info.use_cases) or "none declared"
+            raise ApiError(
+                ErrorId.USE_CASE_NOT_SUPPORTED,
+                f"Model {info.slug!r} does not support use case {request.use_case!r} (supported: {offered}).",
+            )
+
+    @staticmethod
+    def _out_of_credits(refused: CreditsRefused, info: ModelInfo) -> ApiError:
+        credits = refused.credits
+        if credits.balance_micros < 0:
+            return ApiError(
+                ErrorId.PAYMENT_REQUIRED,
+                f"The account balance is negative ({from_micros(credits.balance_micros):g} credits); "
+                "top it up.",
+            )
+        return ApiError(
+            ErrorId.INSUFFICIENT_CREDITS,
+            f"Model {info.slug!r} needs {from_micros(refused.needed_micros):g} credits available; "
+            f"{from_micros(credits.available_micros):g} are "
+            f"(balance {from_micros(credits.balance_micros):g}, "
+            f"{from_micros(credits.reserved_micros):g} reserved by predictions in flight).",
+        )
+
+    async def _screen_security(self, principal: Principal, inputs: dict[str, Any]) -> None:
+        if self.security is None:
+            return
+        finding = self.security.screen(inputs)
+        if finding is None:
+            return
+        since = utcnow() - timedelta(seconds=self.policy.security_window_s)
+        count = await self.store.record_security_event(
+            principal.account.id, finding.rule_id, finding.field, since
+        )
+        log.warning(
+            "security violation",
+            account=principal.account.id,
+            rule=finding.rule_id,
+            field=finding.field,
+            count=count,
+        )
+        if count >= self.policy.suspend_after:
+            await self.store.update_account(
+                principal.account.id,
+                status=AccountStatus.SUSPENDED,
+                status_reason=f"{count} security violations within {self.policy.security_window_s:g} s",
+            )
+        raise ApiError(
+            ErrorId.SECURITY_VIOLATION,
+            f"{finding.field} was flagged as malicious ({finding.category}: {finding.rule_id}). "
+            "Repeated violations suspend the account.",
+        )
 
     def _check_inline_media(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
         assert info.input_schema is not None

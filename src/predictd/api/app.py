@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
 from ..webhooks import Renderer
-from . import fashn, native, outputs
+from . import account, admin, fashn, native, outputs
 from .context import RequestContext
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
@@ -98,6 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native.router)
     app.include_router(fashn.router)
     app.include_router(outputs.router)
+    app.include_router(account.router)
+    app.include_router(admin.router)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

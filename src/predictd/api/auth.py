@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.requests import Request
 
 from ..domain import Principal
-from .state import service_of
+from .state import deployment_of, service_of
 
 
 def presented_key(request: Request) -> str | None:
@@ -21,6 +23,21 @@ def presented_key(request: Request) -> str | None:
 
 
 RATE_HEADERS_STATE = "rate_headers"
+
+
+def caller_region(request: Request) -> str | None:
+    """The caller's region, read only from a header set by a proxy the operator trusts."""
+    legal = deployment_of(request).settings.legal
+    if not legal.trusted_proxies or request.client is None:
+        return None
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return None
+    if not any(peer in ipaddress.ip_network(cidr, strict=False) for cidr in legal.trusted_proxies):
+        return None
+    region = request.headers.get(legal.region_header, "").strip()
+    return region or None
 
 
 async def authenticated(request: Request) -> Principal:

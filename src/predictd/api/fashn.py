@@ -17,7 +17,7 @@ from ..errors import API_ERRORS, ApiError, ErrorId
 from ..service import SubmitRequest
 from ..webhooks import fashn_target
 from . import parsing
-from .auth import authenticated
+from .auth import authenticated, caller_region
 from .outputs import public_output
 from .responses import JSONResponse, retry_headers
 from .state import request_id_of, service_of
@@ -25,7 +25,7 @@ from .state import request_id_of, service_of
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
 
 PATH_PREFIXES = ("/v1/run", "/v1/status/", "/v1/cancel/", "/v1/credits")
-RUN_FIELDS = frozenset({"model_name", "inputs"})
+RUN_FIELDS = frozenset({"model_name", "inputs", "use_case"})
 # The official SDK's subscribe() sends its own polling options in the body; they mean nothing to the server.
 SDK_CLIENT_OPTIONS = frozenset({"pollInterval", "timeout", "maxRetries", "onEnqueued", "onQueueUpdate"})
 CREDITS_HEADER = "x-fashn-credits-used"
@@ -127,6 +127,8 @@ async def run(request: Request, principal: Principal = Depends(authenticated)) -
             input=body["inputs"],
             webhook=fashn_target(hook_url, base) if hook_url else None,
             idempotency_key=request.headers.get("idempotency-key"),
+            use_case=parsing.expect_type(body, "use_case", str, "a string"),
+            region=caller_region(request),
         ),
     )
     headers = {"Idempotent-Replayed": "true"} if submission.replayed else {}

@@ -22,14 +22,14 @@ from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
 from ..service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
 from ..webhooks import native_target
 from . import parsing
-from .auth import authenticated
+from .auth import authenticated, caller_region
 from .outputs import public_output
 from .responses import JSONResponse, retry_headers
 from .state import deployment_of, request_id_of, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
 
-SUBMIT_FIELDS = frozenset({"model", "input", "await", "stream", "webhook"})
+SUBMIT_FIELDS = frozenset({"model", "input", "await", "stream", "webhook", "use_case"})
 MODEL_FIELDS = frozenset({"input_schema", "output_schema"})
 
 
@@ -180,6 +180,8 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
             input=body["input"],
             webhook=webhook,
             idempotency_key=request.headers.get("idempotency-key"),
+            use_case=parsing.expect_type(body, "use_case", str, "a string"),
+            region=caller_region(request),
         ),
     )
     prediction = submission.prediction

@@ -14,10 +14,19 @@ class MemoryRateLimiter:
         self._clock = time.monotonic
 
     def hit(self, key: str, limit: int, window_s: float) -> RateDecision:
+        return self.hit_all([(key, limit, window_s)])[0]
+
+    def hit_all(self, limits: list[tuple[str, int, float]]) -> list[RateDecision]:
+        """Decide one request against several limits; it counts against them only if all allow it, so a
+        request refused by one limit consumes nothing of the others."""
         now = self._clock()
-        new_tat, decision = gcra(self._tat.get(key, now), now, limit, window_s)
-        self._tat[key] = new_tat
-        return decision
+        outcomes = [
+            (key, *gcra(self._tat.get(key, now), now, limit, window)) for key, limit, window in limits
+        ]
+        if all(decision.allowed for _, _, decision in outcomes):
+            for key, new_tat, _ in outcomes:
+                self._tat[key] = new_tat
+        return [decision for _, _, decision in outcomes]
 
 
 class MemoryConcurrency:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..domain import Prediction, Status, price_of, utcnow
+from ..domain import ModelInfo, Prediction, Status, price_of, utcnow
 from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
 from ..ports import DeliveryPlanner, Notifier, Store
 from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
@@ -37,7 +37,7 @@ class Executor:
         return claimed
 
     async def record(
-        self, prediction: Prediction, outcome: Outcome, price: float = 0.0, price_unit: str = "prediction"
+        self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None = None
     ) -> tuple[Prediction | None, bool]:
         """Write the outcome. Returns the stored prediction (None if the write was refused) and whether
         the prediction should be queued again."""
@@ -49,7 +49,7 @@ class Executor:
                 "output": outcome.output,
                 "completed_at": now,
                 "predict_time": outcome.predict_time,
-                "cost": price_of(price, price_unit, outcome.predict_time),
+                "cost": cost_of(model, outcome.predict_time),
             }
         elif isinstance(outcome, Cancelled):
             target = Status.CANCELLED
@@ -90,3 +90,11 @@ def failure_changes(failure: Failed, now: Any) -> dict[str, Any]:
         "output": None,
         "data_removed": True,
     }
+
+
+def cost_of(model: ModelInfo | None, predict_time: float) -> float:
+    """The price of a success; per-second pricing counts at most the model's deadline, which is what a
+    prepaid account had reserved."""
+    if model is None:
+        return 0.0
+    return price_of(model.price, model.price_unit, min(predict_time, model.timeout_s))

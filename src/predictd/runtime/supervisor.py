@@ -103,6 +103,9 @@ class Supervisor:
             status_detail=detail,
             price=config.price,
             price_unit=config.price_unit,
+            timeout_s=config.timeout_s,
+            use_cases=tuple(config.use_cases),
+            blocked_regions=tuple(config.blocked_regions),
         )
 
     def timeout_for(self, slug: str) -> float:
@@ -209,7 +212,7 @@ class Supervisor:
                 prediction=prediction_id,
                 detail=outcome.detail,
             )
-        _, requeue = await self._executor.record(prediction, outcome, slot.model.price, slot.model.price_unit)
+        _, requeue = await self._executor.record(prediction, outcome, self._info(slot.model.slug))
         if requeue:
             await self._broker.enqueue(prediction_id, slot.model.slug)
 

@@ -11,6 +11,10 @@ Both load their classifier lazily, on the first call that needs it, and keep it.
 :attr:`ModerationLevel.NONE` answers "allowed" without loading anything. A classifier that cannot judge
 (import, model load or inference failure) raises :class:`ModerationUnavailable`, which the API maps to
 ``MODERATION_ERROR``; a refusal is a :class:`Verdict` with ``allowed=False`` (``CONTENT_POLICY_VIOLATION``).
+
+Separately, :class:`predictd.safety.security.SecurityScreen` screens every text input for prompt
+injection, code injection, secret exfiltration and credential phishing with the rule set in
+``rules/security.toml`` (a :class:`~predictd.safety.security.SecurityFinding` maps to ``SECURITY_VIOLATION``).
 """
 
 from __future__ import annotations

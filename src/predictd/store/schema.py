@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -56,6 +57,48 @@ accounts = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("plan", String(100), nullable=True),
+    Column("disabled_models", Json, nullable=True),
+    Column("status_reason", Text, nullable=True),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("models", Json, nullable=False),
+    Column("rate_limit", Integer, nullable=True),
+    Column("rate_window_s", Float, nullable=False),
+    Column("key_rate_limit", Integer, nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+    Column("prepaid", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Append-only. Balance = grants + adjustments - charges; reserved = reserves - releases.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("prediction_id", String(40), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_ledger_account", "account_id", "id"),
+    Index("ix_ledger_prediction", "prediction_id"),
+)
+
+security_events = Table(
+    "security_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("rule_id", String(100), nullable=False),
+    Column("field", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_security_events_account", "account_id", "created_at"),
 )
 
 api_keys = Table(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, delete, event, func, insert, or_, select, update
+from sqlalchemy import Row, case, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -17,15 +17,20 @@ from ..domain import (
     Account,
     AccountStatus,
     ApiKey,
+    Credits,
+    CreditsRefused,
     IdempotencyRecord,
+    LedgerEntry,
     NewDelivery,
     Page,
+    Plan,
     Prediction,
     Status,
     WebhookAttempt,
     WebhookDelivery,
     new_id,
     sources_of,
+    to_micros,
     utcnow,
 )
 from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
@@ -35,7 +40,10 @@ from .schema import (
     accounts,
     api_keys,
     idempotency_keys,
+    ledger_entries,
+    plans,
     predictions,
+    security_events,
     webhook_attempts,
     webhook_deliveries,
     webhook_secrets,
@@ -78,7 +86,46 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
 
 
 def _account(row: Row[Any]) -> Account:
-    return Account(id=row.id, name=row.name, status=AccountStatus(row.status), created_at=row.created_at)
+    return Account(
+        id=row.id,
+        name=row.name,
+        status=AccountStatus(row.status),
+        created_at=row.created_at,
+        plan=row.plan,
+        disabled_models=tuple(row.disabled_models or ()),
+        status_reason=row.status_reason,
+    )
+
+
+def _plan(row: Row[Any]) -> Plan:
+    return Plan(
+        name=row.name,
+        models=tuple(row.models),
+        rate_limit=row.rate_limit,
+        rate_window_s=row.rate_window_s,
+        key_rate_limit=row.key_rate_limit,
+        concurrency_limit=row.concurrency_limit,
+        prepaid=row.prepaid,
+    )
+
+
+_BALANCE_SIGN = {"grant": 1, "adjust": 1, "charge": -1}
+_RESERVED_SIGN = {"reserve": 1, "release": -1}
+
+
+def _sums(signs: dict[str, int]) -> Any:
+    return func.coalesce(
+        func.sum(
+            case(
+                *(
+                    (ledger_entries.c.kind == kind, ledger_entries.c.amount_micros * sign)
+                    for kind, sign in signs.items()
+                ),
+                else_=0,
+            )
+        ),
+        0,
+    )
 
 
 def _key(row: Row[Any]) -> ApiKey:
@@ -136,15 +183,179 @@ class SqlStore:
 
     # -- accounts and keys ---------------------------------------------------------------------------------
 
-    async def create_account(self, name: str) -> Account:
-        account = Account(id=new_id("acc_"), name=name, status=AccountStatus.ACTIVE, created_at=utcnow())
+    async def create_account(self, name: str, plan: str | None = None) -> Account:
+        account = Account(
+            id=new_id("acc_"), name=name, status=AccountStatus.ACTIVE, created_at=utcnow(), plan=plan
+        )
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(accounts).values(
-                    id=account.id, name=account.name, status=account.status, created_at=account.created_at
+                    id=account.id,
+                    name=account.name,
+                    status=account.status,
+                    created_at=account.created_at,
+                    plan=plan,
+                    disabled_models=[],
                 )
             )
         return account
+
+    async def update_account(self, account_id: str, **changes: Any) -> Account | None:
+        """Change status / status_reason / plan / disabled_models."""
+        allowed = {"status", "status_reason", "plan", "disabled_models"}
+        if set(changes) - allowed:
+            raise ValueError(f"cannot change {sorted(set(changes) - allowed)}")
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(**changes)
+                    .returning(*accounts.columns)
+                )
+            ).first()
+        return _account(row) if row else None
+
+    # -- plans ---------------------------------------------------------------------------------------------
+
+    async def put_plan(self, plan: Plan) -> Plan:
+        values = {
+            "models": list(plan.models),
+            "rate_limit": plan.rate_limit,
+            "rate_window_s": plan.rate_window_s,
+            "key_rate_limit": plan.key_rate_limit,
+            "concurrency_limit": plan.concurrency_limit,
+            "prepaid": plan.prepaid,
+        }
+        async with self.engine.begin() as conn:
+            done = await conn.execute(update(plans).where(plans.c.name == plan.name).values(**values))
+            if not done.rowcount:
+                await conn.execute(insert(plans).values(name=plan.name, created_at=utcnow(), **values))
+        return plan
+
+    async def get_plan(self, name: str) -> Plan | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(plans).where(plans.c.name == name))).first()
+        return _plan(row) if row else None
+
+    async def list_plans(self) -> list[Plan]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(plans).order_by(plans.c.name))).all()
+        return [_plan(r) for r in rows]
+
+    # -- credits ledger ------------------------------------------------------------------------------------
+
+    async def add_ledger_entry(
+        self, account_id: str, kind: str, amount_micros: int, note: str | None
+    ) -> Credits:
+        """An operator's grant or adjustment (positive or negative)."""
+        if kind not in ("grant", "adjust"):
+            raise ValueError("only grants and adjustments are entered by hand")
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(ledger_entries).values(
+                    account_id=account_id,
+                    kind=kind,
+                    amount_micros=amount_micros,
+                    prediction_id=None,
+                    note=note,
+                    created_at=utcnow(),
+                )
+            )
+            return await self._credits(conn, account_id)
+
+    async def credits(self, account_id: str) -> Credits:
+        async with self.engine.connect() as conn:
+            return await self._credits(conn, account_id)
+
+    @staticmethod
+    async def _credits(conn: AsyncConnection, account_id: str) -> Credits:
+        row = (
+            await conn.execute(
+                select(_sums(_BALANCE_SIGN), _sums(_RESERVED_SIGN)).where(
+                    ledger_entries.c.account_id == account_id
+                )
+            )
+        ).one()
+        return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
+
+    async def ledger(
+        self, account_id: str, limit: int = 100, before_id: int | None = None
+    ) -> list[LedgerEntry]:
+        query = select(ledger_entries).where(ledger_entries.c.account_id == account_id)
+        if before_id is not None:
+            query = query.where(ledger_entries.c.id < before_id)
+        query = query.order_by(ledger_entries.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            LedgerEntry(r.id, r.kind, r.amount_micros, r.prediction_id, r.note, r.created_at) for r in rows
+        ]
+
+    async def _reserve(self, conn: AsyncConnection, prediction: Prediction, amount_micros: int) -> None:
+        # Writing the account row first serialises every reservation of this account (a row lock on
+        # PostgreSQL, the database write lock on SQLite), so the check below cannot race another submit.
+        await conn.execute(
+            update(accounts).where(accounts.c.id == prediction.account_id).values(status=accounts.c.status)
+        )
+        credits = await self._credits(conn, prediction.account_id)
+        if credits.balance_micros < 0 or credits.available_micros < amount_micros:
+            raise CreditsRefused(credits, amount_micros)
+        await conn.execute(
+            insert(ledger_entries).values(
+                account_id=prediction.account_id,
+                kind="reserve",
+                amount_micros=amount_micros,
+                prediction_id=prediction.id,
+                note=None,
+                created_at=utcnow(),
+            )
+        )
+
+    @staticmethod
+    async def _settle(conn: AsyncConnection, prediction: Prediction) -> None:
+        """Close the prediction's reservation; charge its cost only if it succeeded."""
+        held = (
+            await conn.execute(
+                select(_sums(_RESERVED_SIGN)).where(ledger_entries.c.prediction_id == prediction.id)
+            )
+        ).scalar_one()
+        if not held:
+            return
+        now = utcnow()
+        entries = [{"kind": "release", "amount_micros": int(held)}]
+        if prediction.status is Status.SUCCEEDED and prediction.cost:
+            entries.append({"kind": "charge", "amount_micros": min(to_micros(prediction.cost), int(held))})
+        await conn.execute(
+            insert(ledger_entries),
+            [
+                {
+                    **e,
+                    "account_id": prediction.account_id,
+                    "prediction_id": prediction.id,
+                    "note": None,
+                    "created_at": now,
+                }
+                for e in entries
+            ],
+        )
+
+    async def record_security_event(self, account_id: str, rule_id: str, field: str, since: datetime) -> int:
+        """Record a violation; return how many the account has had since ``since`` (this one included)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(security_events).values(
+                    account_id=account_id, rule_id=rule_id, field=field[:200], created_at=utcnow()
+                )
+            )
+            count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(security_events)
+                    .where(security_events.c.account_id == account_id, security_events.c.created_at >= since)
+                )
+            ).scalar_one()
+        return int(count)
 
     async def get_account_by_name(self, name: str) -> Account | None:
         async with self.engine.connect() as conn:
@@ -181,27 +392,12 @@ class SqlStore:
         return key
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
-        query = (
-            select(
-                api_keys,
-                accounts.c.name,
-                accounts.c.status.label("account_status"),
-                accounts.c.created_at.label("account_created_at"),
-            )
-            .join(accounts, accounts.c.id == api_keys.c.account_id)
-            .where(api_keys.c.key_hash == key_hash)
-        )
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        account = Account(
-            id=row.account_id,
-            name=row.name,
-            status=AccountStatus(row.account_status),
-            created_at=row.account_created_at,
-        )
-        return _key(row), account
+            row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
+            if row is None:
+                return None
+            owner = (await conn.execute(select(accounts).where(accounts.c.id == row.account_id))).one()
+        return _key(row), _account(owner)
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
         query = select(api_keys).where(api_keys.c.account_id == account_id).order_by(api_keys.c.created_at)
@@ -234,10 +430,15 @@ class SqlStore:
     # -- predictions ---------------------------------------------------------------------------------------
 
     async def insert_prediction(
-        self, prediction: Prediction, idempotency: IdempotencyRecord | None = None
+        self,
+        prediction: Prediction,
+        idempotency: IdempotencyRecord | None = None,
+        reserve_micros: int | None = None,
     ) -> None:
         try:
             async with self.engine.begin() as conn:
+                if reserve_micros is not None:
+                    await self._reserve(conn, prediction, reserve_micros)
                 if idempotency is not None:
                     # First, so that of two concurrent identical submits only one creates a prediction.
                     await conn.execute(
@@ -348,6 +549,8 @@ class SqlStore:
             if row is None:
                 return None
             moved = _prediction(row)
+            if moved.terminal:
+                await self._settle(conn, moved)
             if deliveries is not None:
                 planned = deliveries(moved)
                 if planned:

@@ -1,0 +1,108 @@
+"""Operator use cases: accounts, keys, plans, credits. The CLI and the admin HTTP API both call these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import keys
+from .domain import Account, AccountStatus, Credits, Plan, to_micros
+from .errors import ApiError, ErrorId
+from .ports import Store
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    account: Account
+    key_id: str
+    secret: str
+
+
+class Administration:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def account(self, name: str) -> Account:
+        found = await self.store.get_account_by_name(name)
+        if found is None:
+            raise ApiError(ErrorId.NOT_FOUND, f"No account named {name!r}.")
+        return found
+
+    async def create_account(self, name: str, plan: str | None = None) -> Account:
+        if not name.strip() or len(name) > 200:
+            raise ApiError(ErrorId.INVALID_INPUT, "Account name must be 1 to 200 characters.")
+        if await self.store.get_account_by_name(name) is not None:
+            raise ApiError(ErrorId.UNPROCESSABLE_ENTITY, f"An account named {name!r} already exists.")
+        if plan is not None:
+            await self._plan(plan)
+        return await self.store.create_account(name, plan)
+
+    async def issue_key(self, account_name: str, label: str = "cli", create: bool = False) -> IssuedKey:
+        found = await self.store.get_account_by_name(account_name)
+        account = found or (
+            await self.create_account(account_name) if create else await self.account(account_name)
+        )
+        new = keys.generate_key()
+        stored = await self.store.create_key(account.id, new.digest, new.prefix, label)
+        return IssuedKey(account, stored.id, new.secret)
+
+    async def set_status(self, name: str, suspended: bool, reason: str | None = None) -> Account:
+        account = await self.account(name)
+        status = AccountStatus.SUSPENDED if suspended else AccountStatus.ACTIVE
+        updated = await self.store.update_account(
+            account.id,
+            status=status,
+            status_reason=(reason or "suspended by an operator") if suspended else None,
+        )
+        assert updated is not None
+        return updated
+
+    async def set_plan(self, name: str, plan: str | None) -> Account:
+        account = await self.account(name)
+        if plan is not None:
+            await self._plan(plan)
+        updated = await self.store.update_account(account.id, plan=plan)
+        assert updated is not None
+        return updated
+
+    async def set_model_enabled(self, name: str, model: str, enabled: bool) -> Account:
+        account = await self.account(name)
+        disabled = set(account.disabled_models)
+        if enabled:
+            disabled.discard(model)
+        else:
+            disabled.add(model)
+        updated = await self.store.update_account(account.id, disabled_models=sorted(disabled))
+        assert updated is not None
+        return updated
+
+    async def add_credits(
+        self, name: str, amount: float, kind: str = "grant", note: str | None = None
+    ) -> Credits:
+        account = await self.account(name)
+        if kind == "grant" and amount <= 0:
+            raise ApiError(
+                ErrorId.INVALID_INPUT, "A grant must be positive; use an adjustment to take credits."
+            )
+        if kind not in ("grant", "adjust"):
+            raise ApiError(ErrorId.INVALID_INPUT, "kind must be 'grant' or 'adjust'.")
+        return await self.store.add_ledger_entry(account.id, kind, to_micros(amount), note)
+
+    async def put_plan(self, plan: Plan) -> Plan:
+        if not plan.name or len(plan.name) > 100:
+            raise ApiError(ErrorId.INVALID_INPUT, "Plan name must be 1 to 100 characters.")
+        for value, label in (
+            (plan.rate_limit, "rate_limit"),
+            (plan.key_rate_limit, "key_rate_limit"),
+            (plan.concurrency_limit, "concurrency_limit"),
+        ):
+            if value is not None and value < 1:
+                raise ApiError(ErrorId.INVALID_INPUT, f"{label} must be at least 1 (or absent for no limit).")
+        if plan.rate_window_s <= 0:
+            raise ApiError(ErrorId.INVALID_INPUT, "rate_window_s must be positive.")
+        return await self.store.put_plan(plan)
+
+    async def _plan(self, name: str) -> Plan:
+        plan = await self.store.get_plan(name)
+        if plan is None:
+            raise ApiError(ErrorId.NOT_FOUND, f"No plan named {name!r}.")
+        return plan
