@@ -79,13 +79,19 @@ def runtime_options(image_inputs: bool, moderated_text: bool, image_outputs: boo
 
 
 def fields_marked(schema: dict[str, Any], key: str, value: str) -> list[str]:
-    """Top-level input names whose schema (or array item schema) carries ``key: value``."""
+    """Top-level input names whose schema (or array item schema) carries ``key: value``, also as one of
+    the alternatives of an optional field (``anyOf`` / ``oneOf``, e.g. ``ImageInput | None``)."""
     found = []
     for name, prop in schema.get("properties", {}).items():
-        item = prop.get("items", {}) if prop.get("type") == "array" else {}
-        if prop.get(key) == value or item.get(key) == value:
+        alternatives = [prop, *prop.get("anyOf", ()), *prop.get("oneOf", ())]
+        if any(_marked(alternative, key, value) for alternative in alternatives):
             found.append(name)
     return found
+
+
+def _marked(prop: dict[str, Any], key: str, value: str) -> bool:
+    item = prop.get("items", {}) if prop.get("type") == "array" else {}
+    return bool(prop.get(key) == value or item.get(key) == value)
 
 
 def schema_mentions(schema: Any, key: str, value: str) -> bool:
