@@ -303,7 +303,7 @@ def plans_list() -> None:
     out.print(table)
 
 
-@credits_app.command("grant")
+@credits_app.command("grant", context_settings={"ignore_unknown_options": True})
 def credits_grant(
     account: Annotated[str, typer.Argument(help="Account name.")],
     amount: Annotated[float, typer.Argument(help="Credits to add.")],
@@ -313,7 +313,8 @@ def credits_grant(
     out.print(f"{account}: {credits.as_dict()}")
 
 
-@credits_app.command("adjust")
+# A negative amount ("-50") reads as the argument it is, not as an unknown option.
+@credits_app.command("adjust", context_settings={"ignore_unknown_options": True})
 def credits_adjust(
     account: Annotated[str, typer.Argument(help="Account name.")],
     amount: Annotated[float, typer.Argument(help="Credits to add (negative to take, e.g. a chargeback).")],

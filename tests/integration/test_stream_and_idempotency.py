@@ -182,3 +182,20 @@ def test_fashn_run_honours_idempotency_keys(server: Server) -> None:
         again = c.post("/v1/run", json=body, headers={"Idempotency-Key": "f-1"})
         assert again.json()["id"] == first
         assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_fashn_run_refuses_a_reused_key_with_another_body(server: Server) -> None:
+    from .test_fashn_api import assert_fashn_error
+
+    with server.client(server.key()) as c:
+        c.post(
+            "/v1/run",
+            json={"model_name": "echo", "inputs": {"text": "a"}},
+            headers={"Idempotency-Key": "f-2"},
+        )
+        other = c.post(
+            "/v1/run",
+            json={"model_name": "echo", "inputs": {"text": "b"}},
+            headers={"Idempotency-Key": "f-2"},
+        )
+        assert_fashn_error(other, ErrorId.UNPROCESSABLE_ENTITY, "different request")
