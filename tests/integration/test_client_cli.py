@@ -140,7 +140,7 @@ def test_predictions_list_get_and_cancel(server: Server) -> None:
             for n in range(3)
         ]
         sleeping: dict[str, Any] = raw.post(
-            "/v1/predictions", json={"model": "sleep", "input": {"ms": 10_000}}
+            "/v1/predictions", json={"model": "sleep", "input": {"ms": 600_000}}
         ).json()
     env = {"PREDICTD_BASE_URL": server.base_url, "PREDICTD_API_KEY": key}  # from the environment this time
     listed = cli("predictions", "list", "--per-page", "2", env=env)
