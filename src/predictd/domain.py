@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -249,6 +249,15 @@ class Page:
     @property
     def last_page(self) -> int:
         return max(1, -(-self.total // self.per_page))
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One UTC day of an account's predictions: how many were created and the credits they consumed."""
+
+    day: date
+    predictions: int
+    credits: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,20 @@ API_ERRORS: dict[ErrorId, ApiErrorSpec] = {
 }
 
 
+# Messages quote what the caller sent (a slug, a use case, a value that failed its schema). Each is clipped
+# in the middle, keeping the start and the reason at the end, so that a 10 MB string comes back as ~1 KB,
+# not twice over in the body.
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit * 3 // 4
+    tail = limit - head - 5
+    return f"{text[:head]} ... {text[-tail:]}" if tail > 0 else text[:limit]
+
+
 class ApiError(Exception):
     """An API-level rejection. Raised anywhere below the HTTP layer; rendered per surface by api/."""
 
@@ -231,8 +245,8 @@ class ApiError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.spec = API_ERRORS[error_id]
-        self.message = message or self.spec.meaning
-        self.details = details
+        self.message = clip(message or self.spec.meaning)
+        self.details = clip(details) if details is not None else None
         self.retry_after = retry_after
         self.headers = headers or {}
         super().__init__(f"{error_id}: {self.message}")

@@ -11,6 +11,7 @@ from .domain import (
     Account,
     ApiKey,
     Credits,
+    DailyUsage,
     IdempotencyRecord,
     LedgerEntry,
     ModelInfo,
@@ -40,6 +41,7 @@ class ListQuery:
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    statuses: frozenset[Status] | None = None  # None: any status
 
 
 class Store(Protocol):
@@ -87,6 +89,10 @@ class Store(Protocol):
     ) -> Prediction | None: ...
     async def list_predictions(self, query: ListQuery) -> Page: ...
     async def list_unfinished(self) -> list[Prediction]: ...
+    async def daily_usage(self, account_id: str, since: datetime) -> list[DailyUsage]:
+        """Predictions created and credits consumed per UTC day from ``since`` on (days with none omitted)."""
+        ...
+
     async def transition(
         self,
         prediction_id: str,

@@ -7,6 +7,7 @@ their own bodies.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import time
 from dataclasses import dataclass, field
@@ -141,10 +142,18 @@ class Service:
                 ErrorId.UNAUTHORIZED,
                 "No API key: send it as 'x-api-key: KEY' or 'Authorization: Bearer KEY'.",
             )
-        found = await self.store.find_key(keys.digest(secret))
+        return await self.authenticate_digest(keys.digest(secret))
+
+    async def authenticate_digest(self, key_hash: str) -> Principal:
+        """Who holds the key with this SHA-256 digest (the web console keeps only the digest of its key)."""
+        found = await self.store.find_key(key_hash)
         # The digest lookup is an exact index match; compare again in constant time so that no timing
         # difference depends on how much of a guessed key was right.
-        if found is None or not keys.matches(secret, found[0].key_hash) or found[0].revoked_at is not None:
+        if (
+            found is None
+            or not hmac.compare_digest(key_hash, found[0].key_hash)
+            or found[0].revoked_at is not None
+        ):
             raise ApiError(ErrorId.UNAUTHORIZED, "The API key is invalid or has been revoked.")
         api_key, account = found
         if account.status is AccountStatus.SUSPENDED:
@@ -471,6 +480,7 @@ class Service:
         model: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        statuses: frozenset[Status] | None = None,
     ) -> Page:
         return await self.store.list_predictions(
             ListQuery(
@@ -480,6 +490,7 @@ class Service:
                 model=model,
                 since=since,
                 until=until,
+                statuses=statuses,
             )
         )
 

@@ -171,3 +171,33 @@ async def test_concurrent_migrations_on_one_database_are_safe(store: SqlStore) -
     for other in others:
         await other.close()
     assert [a.name for a in await store.list_accounts()] == []
+
+
+async def test_listing_by_status_and_usage_per_utc_day(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    other = await store.create_account("b")
+    today = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    yesterday_late = today.replace(hour=23, minute=59, second=59) - timedelta(days=1)
+    rows = [
+        queued(account.id, status=Status.SUCCEEDED, cost=2.5, created_at=today),
+        queued(account.id, status=Status.SUCCEEDED, cost=None, created_at=today),
+        queued(account.id, status=Status.FAILED, cost=9.0, created_at=today),
+        queued(account.id, status=Status.TIMED_OUT, created_at=yesterday_late),
+        queued(account.id, status=Status.SUCCEEDED, cost=1.0, created_at=yesterday_late),
+        queued(account.id, status=Status.SUCCEEDED, cost=7.0, created_at=today - timedelta(days=20)),
+        queued(other.id, status=Status.SUCCEEDED, cost=100.0, created_at=today),
+    ]
+    for p in rows:
+        await store.insert_prediction(p)
+
+    failed = await store.list_predictions(
+        ListQuery(account.id, 1, 50, statuses=frozenset({Status.FAILED, Status.TIMED_OUT}))
+    )
+    assert {p.id for p in failed.items} == {rows[2].id, rows[3].id}
+    assert failed.total == 2
+
+    usage = await store.daily_usage(account.id, today - timedelta(days=13, hours=12))
+    assert [(u.day, u.predictions, u.credits) for u in usage] == [
+        (yesterday_late.date(), 2, 1.0),
+        (today.date(), 3, 2.5),  # only succeeded predictions consume credits
+    ]

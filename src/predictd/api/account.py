@@ -8,8 +8,10 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
 from ..domain import LedgerEntry, Plan, Principal, from_micros
-from . import parsing
+from ..errors import ErrorId
+from . import fashn, native, parsing
 from .auth import authenticated
+from .native import _query
 from .responses import JSONResponse
 from .state import service_of
 
@@ -39,7 +41,11 @@ def entry_body(entry: LedgerEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/account", summary="The calling account: plan, limits, credits, in-flight predictions")
+@router.get(
+    "/account",
+    summary="The calling account: plan, limits, credits, in-flight predictions",
+    responses=native._errors(),
+)
 async def account(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     service = service_of(request)
     credits = await service.store.credits(principal.account.id)
@@ -56,7 +62,23 @@ async def account(request: Request, principal: Principal = Depends(authenticated
     )
 
 
-@router.get("/account/ledger", summary="Credit ledger entries, newest first")
+@router.get(
+    "/account/ledger",
+    summary="Credit ledger entries, newest first",
+    openapi_extra={
+        "parameters": [
+            _query(
+                "limit", "Entries to return, 1 to 500.", {"type": "integer", "minimum": 1, "maximum": 500}
+            ),
+            _query(
+                "before",
+                "Only entries with a smaller id (paging).",
+                {"type": "integer", "minimum": 1, "maximum": parsing.MAX_QUERY_INT},
+            ),
+        ]
+    },
+    responses=native._errors(ErrorId.INVALID_PARAMETER),
+)
 async def ledger(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     limit = parsing.positive_int("limit", request.query_params.get("limit"), 50, 500)
     before = request.query_params.get("before")
@@ -65,7 +87,7 @@ async def ledger(request: Request, principal: Principal = Depends(authenticated)
     return JSONResponse({"data": [entry_body(e) for e in entries]})
 
 
-@router.get("/credits", summary="Credits (FASHN path)")
+@router.get("/credits", summary="Credits (FASHN path)", responses=fashn._errors())
 async def credits(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     balance = await service_of(request).store.credits(principal.account.id)
     available = from_micros(balance.available_micros)

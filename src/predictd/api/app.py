@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
 from ..webhooks import Renderer
-from . import account, admin, fashn, native, outputs
+from . import account, admin, console, fashn, native, outputs
 from .context import RequestContext
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(outputs.router)
     app.include_router(account.router)
     app.include_router(admin.router)
+    app.include_router(console.router)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -120,5 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        RequestContext, max_body_bytes=settings.max_body_bytes, metrics=metrics, on_unhandled=_on_unhandled
+    )
     return app

@@ -7,6 +7,7 @@ import ipaddress
 from starlette.requests import Request
 
 from ..domain import Principal
+from .sessions import COOKIE_NAME, console_principal
 from .state import deployment_of, service_of
 
 
@@ -40,9 +41,26 @@ def caller_region(request: Request) -> str | None:
     return region or None
 
 
+# Methods that change nothing. Only these accept the web console's session cookie in place of a key, so a
+# forged cross-site request can never create, cancel, delete or rotate anything with a browser's cookie
+# (the cookie is SameSite=Strict as well, and no route answers CORS).
+COOKIE_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def authenticated(request: Request) -> Principal:
+    """The caller's principal, from the API key headers; or, on GET only and when no key header is sent at
+    all, from the web console's session cookie (so the console's EventSource can follow a stream).
+
+    A request that carries a key header is judged by that key alone, cookie or not.
+    """
     service = service_of(request)
-    principal = await service.authenticate(presented_key(request))
+    key = presented_key(request)
+    principal: Principal | None = None
+    if key is None and request.method in COOKIE_METHODS and COOKIE_NAME in request.cookies:
+        found = await console_principal(request)
+        principal = found[0] if found else None
+    if principal is None:
+        principal = await service.authenticate(key)
     decision = service.check_rate(principal)
     if decision is not None:
         # RequestContext adds these to whatever answer the route gives.

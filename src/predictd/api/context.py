@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ApiError, ErrorId
@@ -21,11 +24,22 @@ def body_too_large(limit: int) -> ApiError:
     )
 
 
+UnhandledHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        on_unhandled: UnhandledHandler | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.on_unhandled = on_unhandled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,6 +50,7 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        started_response = False
         limit = self.max_body_bytes
         received = 0
 
@@ -49,11 +64,13 @@ class RequestContext:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
-                headers.append("x-request-id", request_id)
+                if "x-request-id" not in headers:
+                    headers.append("x-request-id", request_id)
                 for name, value in scope["state"].get("rate_headers", {}).items():
                     if name not in headers:
                         headers.append(name, value)
@@ -61,6 +78,14 @@ class RequestContext:
 
         try:
             await self.app(scope, bounded_receive, send_with_id)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outermost layer, which re-raises after answering:
+            # uvicorn would then log the traceback a second time (without the request id) and close the
+            # connection under a keep-alive client, whose next request would fail with a reset.
+            if started_response or self.on_unhandled is None:
+                raise
+            response = await self.on_unhandled(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")

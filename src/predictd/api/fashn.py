@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
 from ..domain import FASHN_STATUS, Prediction, Principal, Status
@@ -39,13 +39,23 @@ class FashnErrorBody(BaseModel):
 
 
 class RunBody(BaseModel):
+    # Unknown top-level fields are refused with BadRequest, except the official SDK's polling options.
+    model_config = ConfigDict(extra="forbid")
+
     model_name: str = Field(examples=["echo"])
     inputs: dict[str, Any]
+    use_case: str | None = Field(default=None, description="One of the model's declared use cases.")
+    pollInterval: Any = Field(default=None, description="Sent by the official SDK's subscribe(); ignored.")
+    timeout: Any = Field(default=None, description="Sent by the official SDK's subscribe(); ignored.")
+    maxRetries: Any = Field(default=None, description="Sent by the official SDK's subscribe(); ignored.")
+    onEnqueued: Any = Field(default=None, description="Sent by the official SDK's subscribe(); ignored.")
+    onQueueUpdate: Any = Field(default=None, description="Sent by the official SDK's subscribe(); ignored.")
 
 
 def _errors(*ids: ErrorId) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: ``ids`` plus what any authenticated route can answer."""
     out: dict[int | str, dict[str, Any]] = {}
-    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.INTERNAL_ERROR):
+    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.RATE_LIMIT_EXCEEDED, ErrorId.INTERNAL_ERROR):
         spec = API_ERRORS[error_id]
         entry = out.setdefault(spec.fashn_status, {"model": FashnErrorBody, "description": ""})
         if spec.fashn_name not in entry["description"]:
@@ -104,12 +114,40 @@ def _credit_headers(prediction: Prediction) -> dict[str, str]:
     "/run",
     summary="Submit a prediction (FASHN SDK path)",
     openapi_extra={
+        "parameters": [
+            {
+                "name": "webhook_url",
+                "in": "query",
+                "required": False,
+                "description": "http(s) URL called with the status body when the prediction ends.",
+                "schema": {"type": "string", "maxLength": 2048},
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "The same key and body within 24 h answer the same prediction.",
+                "schema": {"type": "string"},
+            },
+        ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": RunBody.model_json_schema()}},
-        }
+            "content": {
+                "application/json": {
+                    "schema": RunBody.model_json_schema(),
+                    "example": {"model_name": "echo", "inputs": {"text": "hello"}},
+                }
+            },
+        },
     },
-    responses=_errors(ErrorId.INVALID_INPUT, ErrorId.MODEL_NOT_FOUND, ErrorId.RATE_LIMIT_EXCEEDED),
+    responses=_errors(
+        ErrorId.INVALID_INPUT,
+        ErrorId.MODEL_NOT_FOUND,
+        ErrorId.CONTENT_POLICY_VIOLATION,
+        ErrorId.CONCURRENCY_LIMIT_EXCEEDED,
+        ErrorId.INSUFFICIENT_CREDITS,
+        ErrorId.MODEL_UNAVAILABLE,
+    ),
 )
 async def run(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     parsing.require_json_content_type(request.headers.get("content-type"))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -52,18 +52,47 @@ class NativeErrorBody(BaseModel):
     error: NativeError
 
 
+# Inline (no $defs), so that the request body schema stands alone in the document.
+_WEBHOOK_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {"type": "string", "pattern": "^https?://", "maxLength": 2048},
+                "events": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"enum": ["start", "output", "completed"]},
+                    "default": ["completed"],
+                },
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "Called with the prediction as it changes (Standard Webhooks signatures).",
+}
+
+
 class SubmitBody(BaseModel):
+    # Unknown top-level fields are refused with INVALID_INPUT, never dropped.
+    model_config = ConfigDict(extra="forbid")
+
     model: str = Field(description="Model slug.", examples=["echo"])
     input: dict[str, Any] = Field(description="Inputs, checked against the model's input_schema.")
     await_: bool = Field(
         default=False, alias="await", description="Block until the prediction ends (bounded by the server)."
     )
     stream: bool = False
+    webhook: Annotated[dict[str, Any] | None, WithJsonSchema(_WEBHOOK_SCHEMA)] = None
+    use_case: str | None = Field(default=None, description="One of the model's declared use cases.")
 
 
 def _errors(*ids: ErrorId) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: ``ids`` plus what any authenticated route can answer."""
     out: dict[int | str, dict[str, Any]] = {}
-    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.INTERNAL_ERROR):
+    for error_id in (*ids, ErrorId.UNAUTHORIZED, ErrorId.RATE_LIMIT_EXCEEDED, ErrorId.INTERNAL_ERROR):
         spec = API_ERRORS[error_id]
         entry = out.setdefault(spec.http_status, {"model": NativeErrorBody, "description": ""})
         entry["description"] = " / ".join(filter(None, [entry["description"], spec.wire_error_id.value]))
@@ -153,11 +182,104 @@ def error_response(error: ApiError, request_id: str) -> JSONResponse:
 
 # -- routes ------------------------------------------------------------------------------------------------
 
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {},
+    }
+
+
+_IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1 to 255 visible ASCII characters; the same key and body within 24 h answer the same "
+    "prediction (HTTP 200, Idempotent-Replayed: true).",
+    "schema": {"type": "string"},
+}
 _SUBMIT_DOC = {
+    "parameters": [_IDEMPOTENCY_HEADER],
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": SubmitBody.model_json_schema(by_alias=True)}},
-    }
+        "content": {
+            "application/json": {
+                "schema": SubmitBody.model_json_schema(by_alias=True),
+                "example": {"model": "echo", "input": {"text": "hello"}},
+            }
+        },
+    },
+}
+# Everything a submit can be refused with, before a prediction exists.
+_SUBMIT_ERRORS = _errors(
+    ErrorId.INVALID_INPUT,
+    ErrorId.UNSUPPORTED_MEDIA_TYPE,
+    ErrorId.MISSING_REQUIRED_FIELD,
+    ErrorId.INFRASTRUCTURE_ERROR,
+    ErrorId.ACCOUNT_SUSPENDED,
+    ErrorId.PAYMENT_REQUIRED,
+    ErrorId.INSUFFICIENT_CREDITS,
+    ErrorId.SECURITY_VIOLATION,
+    ErrorId.MODEL_ACCESS_DENIED,
+    ErrorId.MODEL_NOT_FOUND,
+    ErrorId.UNPROCESSABLE_ENTITY,
+    ErrorId.MODERATION_ERROR,
+    ErrorId.CONTENT_POLICY_VIOLATION,
+    ErrorId.USE_CASE_NOT_SUPPORTED,
+    ErrorId.MODEL_NOT_AUTHORIZED,
+    ErrorId.CONCURRENCY_LIMIT_EXCEEDED,
+    ErrorId.LEGAL_REASONS,
+    ErrorId.MODEL_UNAVAILABLE,
+)
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "An Idempotency-Key replay: the prediction the first request created."},
+    **_SUBMIT_ERRORS,
+}
+_LIST_DOC = {
+    "parameters": [
+        _query(
+            "page",
+            "Page number, from 1.",
+            {"type": "integer", "minimum": 1, "maximum": parsing.MAX_QUERY_INT},
+        ),
+        _query(
+            "per_page", "Predictions per page, 1 to 50.", {"type": "integer", "minimum": 1, "maximum": 50}
+        ),
+        _query("model", "Only this model's predictions.", {"type": "string"}),
+        *(
+            _query(name, f"ISO 8601 date or date-time ({meaning}).", {"type": "string"})
+            for name, meaning in (
+                ("from", "created at or after"),
+                ("to", "created at or before; a bare date covers the whole day"),
+                ("since", "alias of from"),
+                ("until", "alias of to"),
+            )
+        ),
+    ]
+}
+_FIELDS_DOC = {
+    "parameters": [
+        _query(
+            "fields",
+            "Comma-separated extra fields: input_schema, output_schema.",
+            {"type": "string", "example": "input_schema,output_schema"},
+        )
+    ]
+}
+_STREAM_DOC = {
+    "parameters": [
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "description": "Resume after this event id.",
+            "schema": {"type": "string"},
+        },
+        _query("last_event_id", "Resume after this event id (for clients that cannot set headers).", {}),
+    ]
 }
 
 
@@ -200,12 +322,7 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     summary="Create a prediction",
     status_code=201,
     openapi_extra=_SUBMIT_DOC,
-    responses=_errors(
-        ErrorId.INVALID_INPUT,
-        ErrorId.MODEL_NOT_FOUND,
-        ErrorId.UNPROCESSABLE_ENTITY,
-        ErrorId.MODEL_UNAVAILABLE,
-    ),
+    responses=_SUBMIT_RESPONSES,
 )
 async def create_prediction(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     return await _submit(request, principal)
@@ -216,12 +333,7 @@ async def create_prediction(request: Request, principal: Principal = Depends(aut
     summary="Create a prediction (Skytells SDK path)",
     status_code=201,
     openapi_extra=_SUBMIT_DOC,
-    responses=_errors(
-        ErrorId.INVALID_INPUT,
-        ErrorId.MODEL_NOT_FOUND,
-        ErrorId.UNPROCESSABLE_ENTITY,
-        ErrorId.MODEL_UNAVAILABLE,
-    ),
+    responses=_SUBMIT_RESPONSES,
 )
 async def predict(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     return await _submit(request, principal)
@@ -230,7 +342,8 @@ async def predict(request: Request, principal: Principal = Depends(authenticated
 @router.get(
     "/predictions",
     summary="List predictions",
-    responses=_errors(ErrorId.INVALID_PARAMETER, ErrorId.INVALID_DATE_FORMAT),
+    openapi_extra=_LIST_DOC,
+    responses=_errors(ErrorId.INVALID_PARAMETER, ErrorId.INVALID_DATE_FORMAT, ErrorId.INVALID_DATE_RANGE),
 )
 async def list_predictions(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     query = request.query_params
@@ -313,7 +426,9 @@ async def delete_prediction_plain(
     return await _delete(prediction_id, request, principal)
 
 
-@router.get("/models", summary="List models", responses=_errors(ErrorId.INVALID_PARAMETER))
+@router.get(
+    "/models", summary="List models", openapi_extra=_FIELDS_DOC, responses=_errors(ErrorId.INVALID_PARAMETER)
+)
 async def list_models(request: Request, _principal: Principal = Depends(authenticated)) -> JSONResponse:
     fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
     return JSONResponse([model_body(info, fields) for info in service_of(request).models()])
@@ -327,6 +442,7 @@ async def _model(slug: str, request: Request) -> JSONResponse:
 @router.get(
     "/model/{slug}",
     summary="Get a model",
+    openapi_extra=_FIELDS_DOC,
     responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
 )
 async def get_model(
@@ -338,6 +454,7 @@ async def get_model(
 @router.get(
     "/models/{slug}",
     summary="Get a model",
+    openapi_extra=_FIELDS_DOC,
     responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
 )
 async def get_model_plural(
@@ -399,13 +516,15 @@ async def list_webhook_deliveries(
     )
 
 
-@router.get("/webhooks/secret", summary="The account's webhook signing secrets (newest first)")
+@router.get(
+    "/webhooks/secret", summary="The account's webhook signing secrets (newest first)", responses=_errors()
+)
 async def webhook_secret(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     secrets = await service_of(request).store.webhook_secrets(principal.account.id)
     return JSONResponse({"secret": secrets[0], "valid_secrets": secrets})
 
 
-@router.post("/webhooks/secret/rotate", summary="Rotate the webhook signing secret")
+@router.post("/webhooks/secret/rotate", summary="Rotate the webhook signing secret", responses=_errors())
 async def rotate_webhook_secret(
     request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
@@ -434,7 +553,11 @@ def _frames(prediction: Prediction, base_url: str) -> list[bytes]:
 @router.get(
     "/predictions/{prediction_id}/stream",
     summary="Server-Sent Events of a prediction's state changes",
-    responses={200: {"content": {"text/event-stream": {}}}, **_errors(ErrorId.PREDICTION_NOT_FOUND)},
+    openapi_extra=_STREAM_DOC,
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **_errors(ErrorId.PREDICTION_NOT_FOUND, ErrorId.INVALID_PARAMETER),
+    },
 )
 async def stream_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)

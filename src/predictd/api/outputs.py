@@ -21,7 +21,19 @@ def public_output(output: Any, base_url: str) -> Any:
     return outputs.to_public(output, base_url)
 
 
-@router.get("/v1/outputs/{name}", summary="An output image", include_in_schema=True)
+@router.get(
+    "/v1/outputs/{name}",
+    summary="An output image",
+    include_in_schema=True,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}}},
+        # The Skytells surface's error body (NativeErrorBody in native.py, which imports this module).
+        404: {
+            "description": "NOT_FOUND: no such output, or it has expired",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NativeErrorBody"}}},
+        },
+    },
+)
 async def get_output(name: str, request: Request) -> Response:
     path = deployment_of(request).outputs.path_if_live(name)
     if path is None:

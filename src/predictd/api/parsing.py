@@ -13,6 +13,10 @@ from ..errors import ApiError, ErrorId
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A '+hh:mm' offset sent unencoded in a query string arrives as ' hh:mm'.
 _SPACE_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
+# The deepest nesting orjson encodes (its recursion limit); see parse_json_object.
+MAX_JSON_DEPTH = 254
+# The largest integer a query parameter may carry (see positive_int).
+MAX_QUERY_INT = 2**31 - 1
 
 
 def require_json_content_type(content_type: str | None) -> None:
@@ -36,6 +40,16 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(ErrorId.INVALID_INPUT, f"The request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ApiError(ErrorId.INVALID_INPUT, "The request body must be a JSON object.")
+    try:
+        # Inputs are stored, fingerprinted and sent to workers as JSON by orjson, which encodes at most
+        # MAX_JSON_DEPTH levels; deeper values (the parser takes 1024) would fail there, and in the repr of a
+        # validation message, with a 500. Re-encoding is C-fast and refuses them here instead.
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise ApiError(
+            ErrorId.INVALID_INPUT,
+            f"The request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects.",
+        ) from None
     return value
 
 
@@ -69,8 +83,12 @@ def positive_int(name: str, raw: str | None, default: int, maximum: int | None =
         value = int(raw.strip())
     except ValueError:
         value = 0
-    if value < 1 or (maximum is not None and value > maximum):
-        bound = f"between 1 and {maximum}" if maximum is not None else "a positive integer"
+    # Without a bound of its own, a value must still fit the database: page numbers become OFFSETs and
+    # ids are compared with 32-bit INTEGER columns (SQLite and asyncpg raise on larger ints: a 500).
+    if value < 1 or value > (maximum if maximum is not None else MAX_QUERY_INT):
+        bound = (
+            f"between 1 and {maximum}" if maximum is not None else f"a positive integer up to {MAX_QUERY_INT}"
+        )
         raise ApiError(ErrorId.INVALID_PARAMETER, f"Query parameter {name!r} must be {bound} (got {raw!r}).")
     return value
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -25,6 +25,10 @@ from .process import WorkerDied, WorkerProcess, WorkerStartError
 log = structlog.get_logger("predictd.runtime")
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Between tries of a store write that failed (disk full, database locked, connection lost).
+STORE_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -194,8 +198,28 @@ class Supervisor:
                 return
             await self._run_one(slot, prediction_id)
 
+    async def _store(self, what: str, prediction_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Retry a store write until it succeeds. A failure must neither end the slot's loop (its model
+        would look available while no one takes its work) nor lose the outcome of a prediction that ran."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                delay = STORE_RETRY_S[min(failures, len(STORE_RETRY_S) - 1)]
+                failures += 1
+                log.error(
+                    "store write failed; retrying",
+                    action=what,
+                    prediction=prediction_id,
+                    error=str(getattr(exc, "orig", None) or type(exc).__name__),
+                    failures=failures,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+
     async def _run_one(self, slot: Slot, prediction_id: str) -> None:
-        prediction = await self._executor.claim(prediction_id)
+        prediction = await self._store("claim", prediction_id, lambda: self._executor.claim(prediction_id))
         if prediction is None or prediction.input is None:
             return
         assert slot.worker is not None
@@ -212,7 +236,10 @@ class Supervisor:
                 prediction=prediction_id,
                 detail=outcome.detail,
             )
-        _, requeue = await self._executor.record(prediction, outcome, self._info(slot.model.slug))
+        info = self._info(slot.model.slug)
+        _, requeue = await self._store(
+            "record", prediction_id, lambda: self._executor.record(prediction, outcome, info)
+        )
         if requeue:
             await self._broker.enqueue(prediction_id, slot.model.slug)
 

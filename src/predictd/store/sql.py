@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, case, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    Row,
+    String,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -19,6 +32,7 @@ from ..domain import (
     ApiKey,
     Credits,
     CreditsRefused,
+    DailyUsage,
     IdempotencyRecord,
     LedgerEntry,
     NewDelivery,
@@ -72,6 +86,9 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
             connect_args={"timeout": sqlite_busy_timeout_ms / 1000},
+            # A database error's message, logged with an INTERNAL_ERROR's traceback, would otherwise carry
+            # the statement's parameters: users' inputs, webhook URLs (often with a token), webhook secrets.
+            hide_parameters=True,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -82,6 +99,7 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
+        hide_parameters=True,  # as above
     )
 
 
@@ -495,6 +513,8 @@ class SqlStore:
             conditions.append(predictions.c.created_at >= query.since)
         if query.until is not None:
             conditions.append(predictions.c.created_at <= query.until)
+        if query.statuses is not None:
+            conditions.append(predictions.c.status.in_(sorted(s.value for s in query.statuses)))
         async with self.engine.connect() as conn:
             total = (
                 await conn.execute(select(func.count()).select_from(predictions).where(*conditions))
@@ -511,6 +531,34 @@ class SqlStore:
         return Page(
             items=[_prediction(r) for r in rows], total=int(total), page=query.page, per_page=query.per_page
         )
+
+    async def daily_usage(self, account_id: str, since: datetime) -> list[DailyUsage]:
+        column = predictions.c.created_at
+        if self.engine.dialect.name == "sqlite":
+            # Stored as naive UTC "YYYY-MM-DD HH:MM:SS[.ffffff]" text.
+            day_of = func.date(column, type_=String)
+        else:
+            # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression as the selected one.
+            day_of = func.to_char(
+                func.timezone(literal_column("'UTC'"), column), literal_column("'YYYY-MM-DD'"), type_=String
+            )
+        day = day_of.label("day")
+        consumed = func.sum(
+            case(
+                (predictions.c.status == Status.SUCCEEDED.value, func.coalesce(predictions.c.cost, 0.0)),
+                else_=0.0,
+            ),
+            type_=Float,
+        )
+        query = (
+            select(day, func.count().label("n"), consumed.label("credits"))
+            .where(predictions.c.account_id == account_id, column >= since)
+            .group_by(day)
+            .order_by(day)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [DailyUsage(date.fromisoformat(r.day), int(r.n), float(r.credits or 0.0)) for r in rows]
 
     async def list_unfinished(self) -> list[Prediction]:
         query = (

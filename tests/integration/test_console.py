@@ -1,0 +1,327 @@
+"""The web console's security boundaries over real HTTP (no browser): the session cookie, CSRF, origins,
+redirects, headers, and tenant isolation. The browser-driven tests are in tests/e2e/test_console.py."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from predictd import keys
+from predictd.domain import AccountStatus
+from predictd.store import open_store
+
+from ..conftest import Server, run_sync
+
+COOKIE = "predictd_console"
+
+
+def console(server: Server, **kwargs: object) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, timeout=30, follow_redirects=False, **kwargs)  # type: ignore[arg-type]
+
+
+def sign_in(server: Server, key: str) -> httpx.Client:
+    client = console(server)
+    answer = client.post("/console/login", data={"key": key})
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/console/predictions"
+    return client
+
+
+def csrf_of(client: httpx.Client, path: str = "/console/keys") -> str:
+    page = client.get(path)
+    assert page.status_code == 200
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+async def _key_rows(database_url: str, key: str) -> list[tuple[str, bool]]:
+    store = await open_store(database_url, migrate=False)
+    try:
+        found = await store.find_key(keys.digest(key))
+        assert found is not None
+        return [(k.prefix, k.revoked_at is not None) for k in await store.list_keys(found[1].id)]
+    finally:
+        await store.close()
+
+
+async def _revoke(database_url: str, key: str) -> None:
+    store = await open_store(database_url, migrate=False)
+    try:
+        found = await store.find_key(keys.digest(key))
+        assert found is not None
+        assert await store.revoke_key(found[0].id)
+    finally:
+        await store.close()
+
+
+async def _set_status(database_url: str, key: str, status: AccountStatus) -> None:
+    store = await open_store(database_url, migrate=False)
+    try:
+        found = await store.find_key(keys.digest(key))
+        assert found is not None
+        await store.update_account(found[1].id, status=status.value, status_reason="test")
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def key(server: Server) -> str:
+    return server.key()
+
+
+@pytest.fixture
+def signed(server: Server, key: str) -> Iterator[httpx.Client]:
+    client = sign_in(server, key)
+    yield client
+    client.close()
+
+
+def test_the_cookie_is_http_only_strict_and_holds_a_random_token_not_the_key(
+    server: Server, key: str
+) -> None:
+    with console(server) as client:
+        answer = client.post("/console/login", data={"key": key})
+    assert answer.status_code == 303
+    set_cookie = answer.headers["set-cookie"]
+    token = answer.cookies[COOKIE]
+    assert key not in set_cookie
+    assert keys.digest(key) not in set_cookie
+    assert len(token) >= 40
+    attributes = {part.strip().lower() for part in set_cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/"} <= attributes
+    assert "secure" not in attributes  # plain http here; https gets Secure
+    assert key not in answer.text
+
+
+def test_a_wrong_key_is_refused_and_sets_no_cookie(server: Server) -> None:
+    with console(server) as client:
+        answer = client.post("/console/login", data={"key": "pd_wrong"})
+    assert answer.status_code == 401
+    assert "The API key is invalid or has been revoked." in answer.text
+    assert "set-cookie" not in answer.headers
+
+
+def test_the_cookie_opens_get_routes_and_nothing_that_changes_state(
+    server: Server, signed: httpx.Client
+) -> None:
+    csrf = csrf_of(signed, "/console/models/echo")
+    run = signed.post(
+        "/console/models/echo/run", json={"input": {"text": "via console"}}, headers={"x-csrf-token": csrf}
+    )
+    assert run.status_code == 201, run.text
+    prediction_id = run.json()["id"]
+    assert run.json()["prediction"]["source"] == "console"
+
+    with signed.stream("GET", f"/v1/predictions/{prediction_id}/stream") as stream:
+        assert stream.status_code == 200
+        events = stream.read().decode()
+    done = [line for line in events.splitlines() if line.startswith("data:")][-1]
+    assert orjson.loads(done.removeprefix("data: "))["output"] == "via console"
+    assert signed.get(f"/v1/predictions/{prediction_id}").json()["status"] == "succeeded"
+
+    refused = [
+        signed.post("/v1/predictions", json={"model": "echo", "input": {"text": "x"}}),
+        signed.post("/v1/predict", json={"model": "echo", "input": {"text": "x"}}),
+        signed.post(f"/v1/predictions/{prediction_id}/cancel"),
+        signed.delete(f"/v1/predictions/{prediction_id}"),
+        signed.post("/v1/webhooks/secret/rotate"),
+        signed.post("/v1/run", json={"model_name": "echo", "inputs": {"text": "x"}}),
+    ]
+    assert [r.status_code for r in refused] == [401] * len(refused)
+    assert refused[0].json()["error_id"] == "UNAUTHORIZED"
+    assert signed.get(f"/v1/predictions/{prediction_id}").json()["data_removed"] is False
+
+
+def test_a_key_header_is_judged_alone_whatever_the_cookie(server: Server, signed: httpx.Client) -> None:
+    wrong = signed.get("/v1/account", headers={"x-api-key": "pd_wrong"})
+    assert wrong.status_code == 401
+    other = server.key("someone-else")
+    assert (
+        signed.get("/v1/account", headers={"authorization": f"Bearer {other}"}).json()["name"]
+        == "someone-else"
+    )
+
+
+def test_console_posts_need_the_session_csrf_token_and_this_origin(
+    server: Server, key: str, signed: httpx.Client
+) -> None:
+    csrf = csrf_of(signed)
+    before = run_sync(_key_rows(server.database_url, key))
+    attempts = [
+        signed.post("/console/keys", data={"label": "no token"}),
+        signed.post("/console/keys", data={"label": "bad token", "csrf": "x" * 43}),
+        signed.post(
+            "/console/keys",
+            data={"label": "elsewhere", "csrf": csrf},
+            headers={"origin": "https://evil.example"},
+        ),
+        signed.post("/console/models/echo/run", json={"input": {"text": "x"}}),
+        signed.post(
+            "/console/models/echo/run",
+            json={"input": {"text": "x"}},
+            headers={"x-csrf-token": csrf, "origin": "http://evil.example"},
+        ),
+        signed.post("/console/logout", data={"csrf": ""}),
+    ]
+    assert [a.status_code for a in attempts] == [403] * len(attempts)
+    assert run_sync(_key_rows(server.database_url, key)) == before
+    assert signed.get("/console/predictions").status_code == 200  # still signed in: logout was refused
+
+    made = signed.post(
+        "/console/keys", data={"label": "ok", "csrf": csrf}, headers={"origin": server.base_url}
+    )
+    assert made.status_code == 200
+    assert made.headers["cache-control"] == "no-store"
+    secret = re.search(r'id="new-key" value="([^"]+)"', made.text)
+    assert secret is not None
+    assert len(run_sync(_key_rows(server.database_url, key))) == len(before) + 1
+
+    out = signed.post("/console/logout", data={"csrf": csrf})
+    assert out.status_code == 303
+    assert signed.get("/console/predictions").headers["location"].startswith("/console/login")
+    assert signed.get("/v1/account").status_code == 401
+
+
+def test_a_cross_origin_sign_in_is_refused(server: Server, key: str) -> None:
+    with console(server) as client:
+        answer = client.post("/console/login", data={"key": key}, headers={"origin": "https://evil.example"})
+    assert answer.status_code == 403
+    assert "set-cookie" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("target", "landing"),
+    [
+        ("/console/keys", "/console/keys"),
+        ("https://evil.example/", "/console/predictions"),
+        ("//evil.example/console/", "/console/predictions"),
+        ("/console//evil.example", "/console/predictions"),
+        ("/v1/account", "/console/predictions"),
+    ],
+)
+def test_sign_in_redirects_only_within_the_console(
+    server: Server, key: str, target: str, landing: str
+) -> None:
+    with console(server) as client:
+        answer = client.post("/console/login", data={"key": key, "next": target})
+    assert answer.headers["location"] == landing
+
+
+def test_pages_forbid_framing_inline_scripts_and_caching(server: Server, signed: httpx.Client) -> None:
+    for path in [
+        "/console/login",
+        "/console/predictions",
+        "/console/keys",
+        "/console/credits",
+        "/console/models",
+    ]:
+        answer = signed.get(path)
+        assert answer.status_code == 200, path
+        csp = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["cache-control"] == "no-store"
+        assert "<script>" not in answer.text  # the one script is a file
+    assert signed.get("/console/static/console.js").headers["content-type"].startswith("text/javascript")
+    assert signed.get("/console/static/../app.py").status_code == 404
+    assert signed.get("/console/static/nope.js").status_code == 404
+
+
+def test_a_key_revoked_elsewhere_ends_its_sessions(server: Server, key: str, signed: httpx.Client) -> None:
+    assert signed.get("/console/keys").status_code == 200
+    run_sync(_revoke(server.database_url, key))
+    assert signed.get("/console/keys").headers["location"] == "/console/login?next=%2Fconsole%2Fkeys"
+    assert signed.get("/v1/account").status_code == 401
+
+
+def test_a_suspended_account_is_told_so(server: Server, key: str, signed: httpx.Client) -> None:
+    run_sync(_set_status(server.database_url, key, AccountStatus.SUSPENDED))
+    try:
+        page = signed.get("/console/predictions")
+        assert page.status_code == 401
+        assert "ACCOUNT_SUSPENDED" in page.text
+        assert signed.get("/v1/account").json()["error_id"] == "ACCOUNT_SUSPENDED"
+    finally:
+        run_sync(_set_status(server.database_url, key, AccountStatus.ACTIVE))
+    assert signed.get("/console/predictions").status_code == 200
+
+
+def test_another_accounts_prediction_and_keys_are_out_of_reach(server: Server, signed: httpx.Client) -> None:
+    other = server.key("neighbour")
+    with server.client(other) as neighbour:
+        theirs = neighbour.post("/v1/predictions", json={"model": "echo", "input": {"text": "mine"}}).json()
+    page = signed.get(f"/console/predictions/{theirs['id']}")
+    assert page.status_code == 404
+    assert "PREDICTION_NOT_FOUND" in page.text
+    assert "mine" not in page.text
+    assert theirs["id"] not in signed.get("/console/predictions").text
+
+    found = run_sync(_key_rows(server.database_url, other))
+    assert found == [(other[:10], False)]
+    store_id = run_sync(_key_id(server.database_url, other))
+    csrf = csrf_of(signed)
+    refused = signed.post(f"/console/keys/{store_id}/revoke", data={"csrf": csrf})
+    assert refused.status_code == 404
+    with server.client(other) as neighbour:
+        assert neighbour.get("/v1/account").status_code == 200
+
+
+async def _key_id(database_url: str, key: str) -> str:
+    store = await open_store(database_url, migrate=False)
+    try:
+        found = await store.find_key(keys.digest(key))
+        assert found is not None
+        return found[0].id
+    finally:
+        await store.close()
+
+
+def test_bad_filters_are_explained_on_the_page(signed: httpx.Client) -> None:
+    page = signed.get("/console/predictions", params={"from": "yesterday"})
+    assert page.status_code == 200
+    assert "must be an ISO 8601 date" in page.text
+    page = signed.get("/console/predictions", params={"from": "2026-02-02", "to": "2026-02-01"})
+    assert "is after" in page.text
+    page = signed.get("/console/predictions", params={"status": "<b>odd</b>"})
+    assert "Unknown status &#39;&lt;b&gt;odd&lt;/b&gt;&#39;" in page.text
+
+
+def test_the_playground_reports_what_the_api_would(signed: httpx.Client) -> None:
+    csrf = csrf_of(signed, "/console/models/sleep")
+    bad = signed.post("/console/models/sleep/run", json={"input": {"ms": -1}}, headers={"x-csrf-token": csrf})
+    assert bad.status_code == 400
+    assert bad.json()["error_id"] == "INVALID_INPUT"
+    missing = signed.post("/console/models/nope/run", json={"input": {}}, headers={"x-csrf-token": csrf})
+    assert missing.status_code == 404
+    assert missing.json()["error_id"] == "MODEL_NOT_FOUND"
+    assert signed.get("/console/models/nope").status_code == 404
+
+
+def test_predictions_are_paged_newest_first_keeping_the_filters(server: Server) -> None:
+    key = server.key("pager-co")
+    with server.client(key) as client:
+        made = [
+            client.post("/v1/predictions", json={"model": "echo", "input": {"text": str(i)}}).json()["id"]
+            for i in range(23)
+        ]
+        client.post("/v1/predictions", json={"model": "sleep", "input": {"ms": 1}})
+    signed = sign_in(server, key)
+    try:
+        first = signed.get("/console/predictions", params={"model": "echo"})
+        second = signed.get("/console/predictions", params={"model": "echo", "page": "2"})
+    finally:
+        signed.close()
+    assert re.findall(r'<tr data-id="([^"]+)">', first.text) == made[::-1][:20]
+    assert "Page 1 of 2 · 23 predictions" in first.text
+    assert 'href="?model=echo&amp;page=2" id="next-page"' in first.text
+    assert 'id="prev-page"' not in first.text
+    assert re.findall(r'<tr data-id="([^"]+)">', second.text) == made[::-1][20:]
+    assert 'href="?model=echo&amp;page=1" id="prev-page"' in second.text
+    assert 'id="next-page"' not in second.text
