@@ -470,10 +470,6 @@ def render_error(request: Request, error: ApiError) -> JSONResponse:
 # -- webhooks and streams -----------------------------------------------------------------------------------
 
 
-def _iso_or_none(moment: datetime | None) -> str | None:
-    return _iso(moment)
-
-
 @router.get(
     "/predictions/{prediction_id}/webhooks",
     summary="Webhook deliveries of a prediction, with every attempt",
@@ -494,7 +490,7 @@ async def list_webhook_deliveries(
                     "url": d.url,
                     "status": d.status,
                     "attempts": d.attempts,
-                    "next_attempt_at": _iso_or_none(d.next_attempt_at) if d.status == "pending" else None,
+                    "next_attempt_at": _iso(d.next_attempt_at) if d.status == "pending" else None,
                     "created_at": _iso(d.created_at),
                     "delivered_at": _iso(d.delivered_at),
                     "last_status_code": d.last_status_code,
