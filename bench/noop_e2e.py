@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,19 +28,26 @@ from typing import Any
 
 import httpx
 import orjson
-import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from _server import (
+    HOST,
+    clean_env,
+    cpu_seconds,
+    free_port,
+    mint_key,
+    rss_mib,
+    start_server,
+    stop_server,
+    tail,
+    wait_healthy,
+)
+
 MODEL = "echo"
 TEXT = "x"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-HEALTH_TIMEOUT_S = 60.0
-KEY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 75.0  # above the server's default await_timeout_s (60 s)
 PREDICTION_DEADLINE_S = 60.0  # poll mode: give up on one prediction after this long
-MIB = 1024 * 1024
 
 
 # -- results -----------------------------------------------------------------------------------------------
@@ -244,154 +247,6 @@ async def bench_mode(
     )
 
 
-# -- the server --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(data_dir: Path, port: int) -> dict[str, str]:
-    """The caller's environment without any PREDICTD_* setting (a stray config file or database URL
-    would change what is measured), plus the benchmark's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}
-    env.update(
-        PREDICTD_DATA_DIR=str(data_dir),
-        PREDICTD_HOST=HOST,
-        PREDICTD_PORT=str(port),
-        PREDICTD_LOG_LEVEL="warning",
-    )
-    return env
-
-
-def mint_key(data_dir: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "predictd",
-            "--data-dir",
-            str(data_dir),
-            "keys",
-            "create",
-            "--account",
-            "bench",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=KEY_TIMEOUT_S,
-        check=False,
-    )
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"keys create failed ({done.returncode}): {done.stderr.strip()}")
-    return lines[-1].strip()
-
-
-def start_server(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "predictd", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    last = "no answer"
-    with httpx.Client(base_url=base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode}:\n{tail(log_path)}")
-            try:
-                response = client.get("/health")
-                if response.status_code == 200:
-                    models = response.json().get("models", {})
-                    if models.get(MODEL) != "available":
-                        raise RuntimeError(f"model {MODEL!r} is not available: {models}")
-                    return
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
-    raise RuntimeError(f"GET /health not 200 within {HEALTH_TIMEOUT_S:g} s ({last}):\n{tail(log_path)}")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> list[str]:
-    """SIGTERM, wait, then SIGKILL the whole process group. Returns notes on anything unexpected."""
-    notes: list[str] = []
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            notes.append(f"server did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM")
-    # uvicorn re-raises the captured SIGTERM once its graceful shutdown is done, so -SIGTERM is normal.
-    if proc.returncode not in (0, -signal.SIGTERM, None):
-        notes.append(f"server exited with code {proc.returncode}")
-    leftover = [c.pid for c in children if _alive(c)]
-    if leftover and proc.returncode is not None:
-        notes.append(f"worker processes alive after the server exited: {leftover}")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return notes
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MiB."""
-    total = 0
-    for process in _tree(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total / MIB
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants."""
-    total = 0.0
-    for process in _tree(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # -- reporting ---------------------------------------------------------------------------------------------
 
 COLUMNS = (
@@ -476,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proc = start_server(env, log_path)
         notes: list[str] = []
         try:
-            wait_healthy(proc, base_url, log_path)
+            wait_healthy(proc, base_url, log_path, (MODEL,))
             rss_rest = rss_mib(proc.pid)
             results = asyncio.run(run_load(base_url, key, args, proc.pid))
             rss_after = rss_mib(proc.pid)

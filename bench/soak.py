@@ -44,19 +44,19 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from noop_e2e import (
+from _server import (
     HOST,
     ROOT,
     clean_env,
     cpu_seconds,
     free_port,
-    percentile,
     rss_mib,
     start_server,
     stop_server,
     tail,
     wait_healthy,
 )
+from noop_e2e import percentile
 
 RAISES_REF = f"{ROOT / 'tests' / 'fixtures' / 'models.py'}:Raises"
 REQUEST_TIMEOUT_S = 60.0
