@@ -844,7 +844,15 @@ def _delivery(row: Row[Any], history: tuple[WebhookAttempt, ...] = ()) -> Webhoo
 
 
 async def open_store(url: str, *, sqlite_busy_timeout_ms: int = 5000, migrate: bool = True) -> SqlStore:
-    store = SqlStore(make_engine(url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms))
+    engine = make_engine(url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
+    parsed = make_url(url)
+    store: SqlStore
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        from .sqlite_fast import SqliteStore  # it builds on this module
+
+        store = SqliteStore(engine, parsed.database, busy_timeout_ms=sqlite_busy_timeout_ms)
+    else:
+        store = SqlStore(engine)
     if migrate:
         await store.migrate()
     return store
