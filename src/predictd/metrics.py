@@ -39,5 +39,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Labelled children, looked up once per label set (labels() takes a lock and builds tuples).
+        self._http_counters: dict[tuple[str, str, int], Counter] = {}
+        self._http_timers: dict[str, Histogram] = {}
+        self._prediction_counters: dict[tuple[str, str], Counter] = {}
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered HTTP request."""
+        counter = self._http_counters.get((method, route, status))
+        if counter is None:
+            counter = self.http_requests.labels(method, route, str(status))
+            self._http_counters[(method, route, status)] = counter
+        counter.inc()
+        timer = self._http_timers.get(route)
+        if timer is None:
+            timer = self._http_timers[route] = self.http_seconds.labels(route)
+        timer.observe(seconds)
+
     def observe_prediction(self, prediction: Prediction) -> None:
-        self.predictions.labels(prediction.model, prediction.status.value).inc()
+        key = (prediction.model, prediction.status.value)
+        counter = self._prediction_counters.get(key)
+        if counter is None:
+            counter = self._prediction_counters[key] = self.predictions.labels(*key)
+        counter.inc()

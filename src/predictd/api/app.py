@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -20,7 +21,8 @@ from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
 from ..webhooks import Renderer
 from . import account, admin, console, fashn, native, outputs
-from .context import RequestContext
+from .auth import authenticated
+from .context import FastRoutes, RequestContext
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
 
@@ -75,6 +77,17 @@ WEBHOOK_RENDERERS: dict[str, Renderer] = {
 }
 
 
+def _fast_routes() -> FastRoutes:
+    wanted = (*native.FAST_ENDPOINTS, *fashn.FAST_ENDPOINTS)
+    routes = [
+        r
+        for r in (*native.router.routes, *fashn.router.routes)
+        if isinstance(r, APIRoute) and r.endpoint in wanted
+    ]
+    assert len(routes) == len(wanted), "every fast endpoint is a route of its surface"
+    return FastRoutes(routes, authenticated)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
@@ -94,6 +107,9 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Self-hostable prediction API, wire-compatible with the Skytells and FASHN APIs.",
         lifespan=lifespan,
         redoc_url=None,
+        # predictd has its own metrics and logs; FastAPI's OpenTelemetry hooks would otherwise look up the
+        # global providers on every request (and trace every dependency) for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.include_router(native.router)
     app.include_router(fashn.router)
@@ -122,6 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
-        RequestContext, max_body_bytes=settings.max_body_bytes, metrics=metrics, on_unhandled=_on_unhandled
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        on_unhandled=_on_unhandled,
+        fast_routes=_fast_routes(),
+        render_error=_render,
     )
     return app

@@ -1,12 +1,16 @@
-"""Pure ASGI middleware: a request id on every answer, a bound on request bodies, and HTTP metrics."""
+"""Pure ASGI middleware: a request id on every answer, a bound on request bodies, HTTP metrics, and the
+direct dispatch of the hottest routes."""
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+from fastapi.routing import APIRoute
+from starlette.convertors import StringConvertor
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +29,43 @@ def body_too_large(limit: int) -> ApiError:
 
 
 UnhandledHandler = Callable[[Request, Exception], Awaitable[Response]]
+ErrorRenderer = Callable[[Request, ApiError], Response]
+Authenticator = Callable[[Request], Awaitable[Any]]
+
+
+class FastRoutes:
+    """Routes called straight from here instead of through FastAPI's router, request_response wrapper and
+    dependency solver (together about 0.25 ms of CPU per request, more than the rest of a status read).
+
+    Only endpoints of the shape ``(<str path params>, request, principal=Depends(authenticated))`` that
+    return a Response qualify; they keep their FastAPI registration for the OpenAPI document and behave
+    the same: the principal comes from the same ``authenticated`` dependency, an ApiError is rendered by
+    the app's own handler, anything else goes to the unhandled-error path below.
+    """
+
+    def __init__(self, routes: Iterable[APIRoute], authenticate: Authenticator) -> None:
+        self._authenticate = authenticate
+        self._by_method: dict[str, list[APIRoute]] = {}
+        for route in routes:
+            if not all(isinstance(c, StringConvertor) for c in route.param_convertors.values()):
+                raise ValueError(f"{route.path}: only plain string path parameters are dispatched directly")
+            for method in route.methods or ():
+                self._by_method.setdefault(method, []).append(route)
+
+    def match(self, scope: Scope) -> tuple[APIRoute, dict[str, str]] | None:
+        if scope.get("root_path"):
+            return None  # mounted under a prefix: let the router resolve paths
+        for route in self._by_method.get(scope["method"], ()):
+            found = route.path_regex.match(scope["path"])
+            if found is not None:
+                return route, found.groupdict()
+        return None
+
+    async def call(self, route: APIRoute, params: dict[str, str], request: Request) -> Response:
+        principal = await self._authenticate(request)
+        response = await route.endpoint(**params, request=request, principal=principal)
+        assert isinstance(response, Response)
+        return response
 
 
 class RequestContext:
@@ -35,18 +76,24 @@ class RequestContext:
         max_body_bytes: int,
         metrics: Metrics,
         on_unhandled: UnhandledHandler | None = None,
+        fast_routes: FastRoutes | None = None,
+        render_error: ErrorRenderer | None = None,
     ) -> None:
+        if fast_routes is not None and render_error is None:
+            raise ValueError("fast_routes need render_error")
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.on_unhandled = on_unhandled
+        self.fast_routes = fast_routes
+        self.render_error = render_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -76,8 +123,12 @@ class RequestContext:
                         headers.append(name, value)
             await send(message)
 
+        fast = self.fast_routes.match(scope) if self.fast_routes is not None else None
         try:
-            await self.app(scope, bounded_receive, send_with_id)
+            if fast is None:
+                await self.app(scope, bounded_receive, send_with_id)
+            else:
+                await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id)
         except Exception as exc:
             # Answered here rather than by Starlette's outermost layer, which re-raises after answering:
             # uvicorn would then log the traceback a second time (without the request id) and close the
@@ -89,5 +140,20 @@ class RequestContext:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.http_requests.labels(scope["method"], template, str(status)).inc()
-            self.metrics.http_seconds.labels(template).observe(time.perf_counter() - started)
+            self.metrics.observe_http(scope["method"], template, status, time.perf_counter() - started)
+
+    async def _dispatch(
+        self, route: APIRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """What Starlette's router and FastAPI's request_response would do for ``route``, minus the layers."""
+        assert self.fast_routes is not None
+        assert self.render_error is not None
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = params
+        request = Request(scope, receive, send)
+        try:
+            response = await self.fast_routes.call(route, params, request)
+        except ApiError as error:
+            response = self.render_error(request, error)
+        await response(scope, receive, send)

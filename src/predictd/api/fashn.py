@@ -19,7 +19,7 @@ from ..webhooks import fashn_target
 from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
-from .responses import JSONResponse, retry_headers
+from .responses import JSONResponse, base_url_of, retry_headers
 from .state import request_id_of, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
@@ -156,7 +156,7 @@ async def run(request: Request, principal: Principal = Depends(authenticated)) -
     parsing.reject_unknown_fields(body, RUN_FIELDS | SDK_CLIENT_OPTIONS)
     model = parsing.expect_type(body, "model_name", str, "a string (the model name)")
     parsing.expect_type(body, "inputs", dict, "a JSON object")
-    base = str(request.base_url)
+    base = base_url_of(request)
     hook_url = request.query_params.get("webhook_url")
     submission = await service_of(request).submit(
         principal,
@@ -182,7 +182,7 @@ async def status(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
     prediction = await service_of(request).get(principal, prediction_id)
-    return JSONResponse(status_body(prediction, str(request.base_url)), headers=_credit_headers(prediction))
+    return JSONResponse(status_body(prediction, base_url_of(request)), headers=_credit_headers(prediction))
 
 
 @router.post(
@@ -194,4 +194,8 @@ async def cancel(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
     prediction = await service_of(request).cancel(principal, prediction_id)
-    return JSONResponse(status_body(prediction, str(request.base_url)), headers=_credit_headers(prediction))
+    return JSONResponse(status_body(prediction, base_url_of(request)), headers=_credit_headers(prediction))
+
+
+# Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
+FAST_ENDPOINTS = (run, status)

@@ -24,7 +24,7 @@ from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
-from .responses import JSONResponse, retry_headers
+from .responses import JSONResponse, base_url_of, retry_headers
 from .state import deployment_of, request_id_of, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
@@ -292,7 +292,7 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     parsing.expect_type(body, "input", dict, "a JSON object")
     wait = bool(parsing.expect_type(body, "await", bool, "true or false"))
     parsing.expect_type(body, "stream", bool, "true or false")
-    base = str(request.base_url)
+    base = base_url_of(request)
     webhook = native_target(body["webhook"], base) if body.get("webhook") is not None else None
     service = service_of(request)
     submission = await service.submit(
@@ -361,7 +361,7 @@ async def list_predictions(request: Request, principal: Principal = Depends(auth
     result = await service_of(request).list(
         principal, page=page, per_page=per_page, model=model, since=since, until=until
     )
-    base = str(request.base_url)
+    base = base_url_of(request)
     return JSONResponse(
         {
             "data": [prediction_body(p, base) for p in result.items],
@@ -384,7 +384,7 @@ async def get_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
     prediction = await service_of(request).get(principal, prediction_id)
-    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+    return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
 @router.post(
@@ -396,12 +396,12 @@ async def cancel_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
     prediction = await service_of(request).cancel(principal, prediction_id)
-    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+    return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
 async def _delete(prediction_id: str, request: Request, principal: Principal) -> JSONResponse:
     prediction = await service_of(request).delete(principal, prediction_id)
-    return JSONResponse(prediction_body(prediction, str(request.base_url)))
+    return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
 @router.delete(
@@ -568,7 +568,7 @@ async def stream_prediction(
         raise ApiError(
             ErrorId.INVALID_PARAMETER, f"Last-Event-ID must be an event id (got {raw_last!r})."
         ) from None
-    base = str(request.base_url)
+    base = base_url_of(request)
 
     async def events() -> AsyncIterator[bytes]:
         sent = last_sent
@@ -598,3 +598,7 @@ async def stream_prediction(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+# Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
+FAST_ENDPOINTS = (create_prediction, predict, get_prediction)
