@@ -5,21 +5,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
+import re
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import URL, Connection, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every predictd process sharing a database.
 _PG_MIGRATION_LOCK = 0x70726564
 
 
+# Alembic (with Mako) is imported only when a database is behind: about 10 MiB of a process's memory.
+_REVISION = re.compile(r"""^revision\b[^=\n]*=\s*["']([^"']+)["']""", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"""^down_revision\b[^=\n]*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The heads of the migration graph, read from the version files' ``revision`` / ``down_revision``
+    lines without importing Alembic. A merge (a tuple of parents) is not parsed: its parents then look like
+    heads too, the database never matches, and Alembic itself decides, which is always safe."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision = _REVISION.search(source)
+        if revision is not None:
+            revisions.add(revision.group(1))
+        parent = _DOWN_REVISION.search(source)
+        if parent is not None:
+            parents.add(parent.group(1))
+    return frozenset(revisions - parents)
+
+
+def at_head(connection: Connection) -> bool:
+    """Whether the database is already at the migrations' head (then there is nothing to run)."""
+    try:
+        found = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except Exception:  # no alembic_version table yet: a new database (the caller's transaction is dropped)
+        return False
+    return bool(found) and frozenset(found) == head_revisions()
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -27,6 +65,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade_to_head(connection: Connection) -> None:
+    from alembic import command
+
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
     command.upgrade(alembic_config(connection), "head")

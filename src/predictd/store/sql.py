@@ -48,7 +48,7 @@ from ..domain import (
     utcnow,
 )
 from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
-from .migrate import migration_lock, upgrade_to_head
+from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (
     UTCDateTime,
     accounts,
@@ -193,8 +193,12 @@ class SqlStore:
         return self.engine.dialect.name
 
     async def migrate(self) -> None:
-        async with migration_lock(self.engine.url), self.engine.begin() as conn:
-            await conn.run_sync(upgrade_to_head)
+        async with migration_lock(self.engine.url):
+            async with self.engine.connect() as conn:
+                if await conn.run_sync(at_head):
+                    return  # without importing Alembic
+            async with self.engine.begin() as conn:
+                await conn.run_sync(upgrade_to_head)
 
     async def close(self) -> None:
         await self.engine.dispose()
