@@ -87,6 +87,9 @@ class Account:
     plan: str | None = None
     disabled_models: tuple[str, ...] = ()
     status_reason: str | None = None
+    # The row of ``plan``, when the store read it together with the account (an API key lookup joins it,
+    # so that authenticating costs one query); None when not read or when no such plan exists.
+    plan_details: Plan | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,7 +164,10 @@ class Service:
     async def plan_of(self, account: Account) -> Plan:
         name = account.plan or self.policy.default_plan_name
         if name:
-            plan = await self.store.get_plan(name)
+            # An account read with its key carries its plan's row, read in the same statement.
+            plan = account.plan_details
+            if plan is None or plan.name != name:
+                plan = await self.store.get_plan(name)
             if plan is not None:
                 return plan
             log.warning("plan not found; using the deployment's limits", account=account.id, plan=name)

@@ -14,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from predictd.domain import Prediction, Status, new_id, utcnow
+from predictd.domain import Plan, Prediction, Status, new_id, utcnow
 from predictd.ports import ListQuery
 from predictd.store import SqlStore, open_store
 from predictd.store.schema import metadata
@@ -163,6 +163,25 @@ async def test_keys_are_found_by_digest_and_revoked(store: SqlStore) -> None:
     found = await store.find_key("d" * 64)
     assert found is not None
     assert found[0].revoked_at is not None
+
+
+async def test_a_key_lookup_reads_the_accounts_plan_in_the_same_statement(store: SqlStore) -> None:
+    await store.put_plan(Plan("pro", models=("echo",), rate_limit=7, concurrency_limit=2, prepaid=True))
+    with_plan = await store.create_account("a", plan="pro")
+    missing_plan = await store.create_account("b", plan="gone")
+    without = await store.create_account("c")
+    for index, account in enumerate((with_plan, missing_plan, without)):
+        await store.create_key(account.id, str(index) * 64, f"pd_{index}", "ci")
+    found = await store.find_key("0" * 64)
+    assert found is not None
+    assert found[1].plan_details == await store.get_plan("pro")
+    assert found[1].plan_details == Plan(
+        "pro", models=("echo",), rate_limit=7, concurrency_limit=2, prepaid=True
+    )
+    for digit in ("1", "2"):
+        found = await store.find_key(digit * 64)
+        assert found is not None
+        assert found[1].plan_details is None
 
 
 async def test_concurrent_migrations_on_one_database_are_safe(store: SqlStore) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Row,
     String,
+    bindparam,
     case,
     delete,
     event,
@@ -156,6 +157,19 @@ def _key(row: Row[Any]) -> ApiKey:
         revoked_at=row.revoked_at,
         key_hash=row.key_hash,
     )
+
+
+# Built once: every authenticated request runs it (its compiled form is cached by SQLAlchemy too).
+_FIND_KEY = (
+    select(
+        *api_keys.c,
+        *(c.label(f"a_{c.name}") for c in accounts.c),
+        *(c.label(f"p_{c.name}") for c in plans.c),
+    )
+    .select_from(api_keys.join(accounts, accounts.c.id == api_keys.c.account_id))
+    .outerjoin(plans, plans.c.name == accounts.c.plan)
+    .where(api_keys.c.key_hash == bindparam("key_hash"))
+)
 
 
 def _prediction(row: Row[Any]) -> Prediction:
@@ -414,12 +428,36 @@ class SqlStore:
         return key
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
+        """The key, its account and the account's plan (``Account.plan_details``), in one round trip."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
-            if row is None:
-                return None
-            owner = (await conn.execute(select(accounts).where(accounts.c.id == row.account_id))).one()
-        return _key(row), _account(owner)
+            row = (await conn.execute(_FIND_KEY, {"key_hash": key_hash})).first()
+        if row is None:
+            return None
+        values = row._mapping
+        key = _key(row)
+        owner = Account(
+            id=values["a_id"],
+            name=values["a_name"],
+            status=AccountStatus(values["a_status"]),
+            created_at=values["a_created_at"],
+            plan=values["a_plan"],
+            disabled_models=tuple(values["a_disabled_models"] or ()),
+            status_reason=values["a_status_reason"],
+            plan_details=(
+                Plan(
+                    name=values["p_name"],
+                    models=tuple(values["p_models"]),
+                    rate_limit=values["p_rate_limit"],
+                    rate_window_s=values["p_rate_window_s"],
+                    key_rate_limit=values["p_key_rate_limit"],
+                    concurrency_limit=values["p_concurrency_limit"],
+                    prepaid=values["p_prepaid"],
+                )
+                if values["p_name"] is not None
+                else None
+            ),
+        )
+        return key, owner
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
         query = select(api_keys).where(api_keys.c.account_id == account_id).order_by(api_keys.c.created_at)

@@ -63,15 +63,16 @@ _INSERT_PREDICTION = (
     f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "  # noqa: S608 (constants)
     f"VALUES ({', '.join('?' for _ in PREDICTION_COLUMNS)})"
 )
+_PLAN_COLUMNS = "name, models, rate_limit, rate_window_s, key_rate_limit, concurrency_limit, prepaid"
+# The key, its account and the account's plan in one statement: every authenticated request runs it.
 _FIND_KEY = (
     "SELECT k.id, k.account_id, k.prefix, k.label, k.created_at, k.revoked_at, k.key_hash, "
-    "a.id, a.name, a.status, a.created_at, a.plan, a.disabled_models, a.status_reason "
-    "FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = ?"
+    "a.id, a.name, a.status, a.created_at, a.plan, a.disabled_models, a.status_reason, "
+    "p.name, p.models, p.rate_limit, p.rate_window_s, p.key_rate_limit, p.concurrency_limit, p.prepaid "
+    "FROM api_keys k JOIN accounts a ON a.id = k.account_id LEFT JOIN plans p ON p.name = a.plan "
+    "WHERE k.key_hash = ?"
 )
-_GET_PLAN = (
-    "SELECT name, models, rate_limit, rate_window_s, key_rate_limit, concurrency_limit, prepaid "
-    "FROM plans WHERE name = ?"
-)
+_GET_PLAN = f"SELECT {_PLAN_COLUMNS} FROM plans WHERE name = ?"  # noqa: S608 (constants)
 _CREDITS = (
     "SELECT COALESCE(SUM(CASE kind WHEN 'grant' THEN amount_micros WHEN 'adjust' THEN amount_micros "
     "WHEN 'charge' THEN -amount_micros ELSE 0 END), 0), "
@@ -158,6 +159,18 @@ def _prediction(row: tuple[Any, ...]) -> Prediction:
         extra=_loads(row[15]) or {},
         cost=row[16],
         version=row[17],
+    )
+
+
+def _plan(row: tuple[Any, ...]) -> Plan:
+    return Plan(
+        name=row[0],
+        models=tuple(_loads(row[1])),
+        rate_limit=row[2],
+        rate_window_s=row[3],
+        key_rate_limit=row[4],
+        concurrency_limit=row[5],
+        prepaid=bool(row[6]),
     )
 
 
@@ -283,22 +296,13 @@ class SqliteStore(SqlStore):
             plan=row[11],
             disabled_models=tuple(_loads(row[12]) or ()),
             status_reason=row[13],
+            plan_details=_plan(row[14:]) if row[14] is not None else None,
         )
         return key, account
 
     async def get_plan(self, name: str) -> Plan | None:
         row = await self._read(lambda db: db.execute(_GET_PLAN, (name,)).fetchone())
-        if row is None:
-            return None
-        return Plan(
-            name=row[0],
-            models=tuple(_loads(row[1])),
-            rate_limit=row[2],
-            rate_window_s=row[3],
-            key_rate_limit=row[4],
-            concurrency_limit=row[5],
-            prepaid=bool(row[6]),
-        )
+        return _plan(row) if row is not None else None
 
     async def credits(self, account_id: str) -> Credits:
         return await self._read(lambda db: _credits(db, account_id))
