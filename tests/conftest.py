@@ -1,4 +1,11 @@
-"""Shared test harness: real predictd servers in subprocesses on 127.0.0.1, keys minted in their stores."""
+"""Shared test harness: real predictd servers in subprocesses on 127.0.0.1, keys minted in their stores.
+
+Every test that talks to a server runs against both backends (the ``backend`` parameter):
+- ``embedded``: one ``predictd serve`` (SQLite, in-process queue, worker subprocesses);
+- ``scaled``: ``predictd serve --redis`` plus a ``predictd worker``, on a fresh PostgreSQL database and a
+  Redis key prefix of their own.
+A test that only makes sense on one of them says so with ``@pytest.mark.backends("embedded")``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,6 +36,71 @@ from predictd.store import open_store
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models.py"
+BACKENDS = ("embedded", "scaled")
+REDIS_URL = os.environ.get("PREDICTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): run only on these backends (embedded, scaled)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        wanted = marker.args if marker else BACKENDS
+        metafunc.parametrize("backend", wanted, scope="module")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test parametrised over databases runs its SQLite case on the embedded backend only: a scaled-out
+    deployment keeps its state in PostgreSQL."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        scaled_sqlite = params.get("backend") == "scaled" and params.get("database") == "sqlite"
+        (drop if scaled_sqlite else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+async def _pg_admin(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(PG_ADMIN)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def create_pg_database() -> str:
+    """A fresh PostgreSQL database (SQLAlchemy URL); dropped by drop_pg_database."""
+    name = f"predictd_test_{uuid.uuid4().hex[:12]}"
+    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    return f"{PG_BASE}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _forget_redis_prefix(url: str, prefix: str) -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    redis = Redis.from_url(url)
+    try:
+        batch = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+        if batch:
+            await redis.delete(*batch)
+    except RedisConnectionError:
+        pass  # a test's own Redis, stopped already: nothing left to forget
+    finally:
+        await redis.aclose()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -55,13 +128,35 @@ async def _mint_key(database_url: str, account: str) -> str:
 
 @dataclass
 class Server:
-    """A predictd process started the way an operator starts it: ``predictd --config F serve``."""
+    """A predictd deployment started the way an operator starts it: ``predictd --config F serve``, and for
+    the scaled backend also ``predictd --config F worker`` (PostgreSQL + Redis)."""
 
     workdir: Path
     config: str = ""
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    backend: str = "embedded"
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    metrics_ports: list[int] = field(default_factory=list)
+    owned_database: str | None = None
+    redis_prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
+    with_worker: bool = True  # scaled: start a `predictd worker` with the API process
+
+    def __post_init__(self) -> None:
+        if self.scaled:
+            if "PREDICTD_DATABASE_URL" not in self.env:
+                self.owned_database = create_pg_database()
+                self.env["PREDICTD_DATABASE_URL"] = self.owned_database
+            self.env.setdefault("PREDICTD_REDIS_URL", REDIS_URL)
+            self.env.setdefault("PREDICTD_REDIS_PREFIX", self.redis_prefix)
+            # Tests kill workers on purpose: hand their work over quickly.
+            self.env.setdefault("PREDICTD_WORKER_LEASE_S", "3")
+            self.env.setdefault("PREDICTD_SWEEP_INTERVAL_S", "1")
+
+    @property
+    def scaled(self) -> bool:
+        return self.backend == "scaled"
 
     @property
     def base_url(self) -> str:
@@ -69,7 +164,8 @@ class Server:
 
     @property
     def data_dir(self) -> Path:
-        return self.workdir / "data"
+        given = self.env.get("PREDICTD_DATA_DIR")
+        return Path(given) if given else self.workdir / "data"
 
     @property
     def database_url(self) -> str:
@@ -82,7 +178,13 @@ class Server:
     def log_path(self) -> Path:
         return self.workdir / "server.log"
 
-    def start(self, timeout: float = 60.0) -> Server:
+    @property
+    def worker_log_path(self) -> Path:
+        return self.workdir / "worker.log"
+
+    def _spawn(
+        self, command: list[str], log_path: Path, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         config_path = self.workdir / "predictd.toml"
         # Tests load only the light built-ins unless they ask for others: the image models take seconds.
         light = "" if "builtin_models" in self.config else 'builtin_models = ["echo", "sleep"]\n'
@@ -92,47 +194,174 @@ class Server:
             "PREDICTD_DATA_DIR": str(self.data_dir),
             "PREDICTD_PORT": str(self.port),
             **self.env,
+            **(extra_env or {}),
         }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "predictd", "--config", str(config_path), "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "predictd", "--config", str(config_path), *command],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def start(self, timeout: float = 60.0) -> Server:
+        self.proc = self._spawn(["serve"], self.log_path)
+        if self.scaled and self.with_worker:
+            self.start_worker()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"predictd exited with {self.proc.returncode}:\n{self.log()}")
+            for worker in self.workers:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"predictd worker exited with {worker.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.base_url}/health", timeout=1)
+                ready = not self.scaled or not self.with_worker or health.json().get("workers", 0) >= 1
+                if health.status_code == 200 and ready:
                     return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"predictd did not become healthy in {timeout} s:\n{self.log()}")
 
+    def start_worker(self, models: str | None = None) -> subprocess.Popen[bytes]:
+        """Start (another) `predictd worker` of this deployment: ``models`` (comma-separated), or all."""
+        port = free_port()
+        command = ["worker", *(["--models", models] if models else [])]
+        worker = self._spawn(command, self.worker_log_path, {"PREDICTD_WORKER_METRICS_PORT": str(port)})
+        self.workers.append(worker)
+        self.metrics_ports.append(port)
+        return worker
+
+    def metrics_text(self) -> str:
+        """Prometheus metrics of the whole deployment: the API process's, then each worker's."""
+        texts = [httpx.get(f"{self.base_url}/metrics", timeout=5).text]
+        for port, worker in zip(self.metrics_ports, self.workers, strict=True):
+            if worker.poll() is None:
+                texts.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        return "\n".join(texts)
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The deployment's top processes: the server, and its workers when scaled out."""
+        return [p for p in (self.proc, *self.workers) if p is not None]
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if self.worker_log_path.exists():
+            text += self.worker_log_path.read_text(errors="replace")
+        return text
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in self.processes():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in self.processes():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def kill_all(self) -> None:
-        """SIGKILL the server and every worker it started (its whole session)."""
-        if self.proc is None:
+        """SIGKILL the server and every worker it started (their whole sessions)."""
+        for proc in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def cli_args(self) -> list[str]:
+        """The root options an operator gives `predictd` to reach this deployment's store."""
+        args = ["--data-dir", str(self.data_dir)]
+        if "PREDICTD_DATABASE_URL" in self.env:
+            args += ["--database-url", self.env["PREDICTD_DATABASE_URL"]]
+        return args
+
+    def database_bytes(self) -> bytes:
+        """Everything the database holds at rest: SQLite's files (with its WAL), or a pg_dump."""
+        url = self.env.get("PREDICTD_DATABASE_URL")
+        if url is None:
+            files = sorted(p for p in self.data_dir.iterdir() if p.name.startswith("predictd.sqlite3"))
+            return b"".join(p.read_bytes() for p in files)
+        plain = url.replace("+asyncpg", "")
+        return subprocess.run(["pg_dump", plain], capture_output=True, check=True, timeout=60).stdout
+
+    @contextlib.contextmanager
+    def database_write_lock(self) -> Iterator[None]:
+        """Hold the database's write lock from another connection, as a stuck backup or migration would:
+        the server's writes wait for its lock timeout and fail; reads go on."""
+        url = self.env.get("PREDICTD_DATABASE_URL")
+        if url is None:
+            db = sqlite3.connect(self.data_dir / "predictd.sqlite3", timeout=5, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield
+                db.execute("ROLLBACK")
+            finally:
+                db.close()
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        import asyncpg
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        def call(coro: Coroutine[Any, Any, T]) -> T:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+        connection = call(asyncpg.connect(url.replace("+asyncpg", "")))
+        try:
+            call(connection.execute("BEGIN"))
+            tables = call(connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables if t["tablename"] != "alembic_version")
+            call(connection.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))  # SELECTs still run
+            yield
+            call(connection.execute("ROLLBACK"))
+        finally:
+            call(connection.close())
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    def successor(self, **changes: Any) -> Server:
+        """The same deployment to start anew: same data folder, database, Redis prefix and port."""
+        following = Server(
+            workdir=self.workdir,
+            config=self.config,
+            env=dict(self.env),
+            port=self.port,
+            backend=self.backend,
+            redis_prefix=self.redis_prefix,
+            **changes,
+        )
+        following.owned_database, self.owned_database = self.owned_database, None
+        return following
+
+    def another_api(self) -> Server:
+        """A second API process of this scaled-out deployment (same database, Redis and data folder)."""
+        assert self.scaled
+        workdir = self.workdir / f"api-{uuid.uuid4().hex[:6]}"
+        workdir.mkdir()
+        env = {**self.env, "PREDICTD_DATA_DIR": str(self.data_dir)}
+        return Server(
+            workdir=workdir,
+            config=self.config,
+            env=env,
+            backend=self.backend,
+            redis_prefix=self.redis_prefix,
+            with_worker=False,
+        ).start()
+
+    def destroy(self) -> None:
+        """Stop everything and drop what the scaled backend made (its database and Redis keys)."""
+        self.stop()
+        self.kill_all()
+        if self.owned_database is not None:
+            drop_pg_database(self.owned_database)
+            self.owned_database = None
+        if self.scaled:
+            run_sync(_forget_redis_prefix(self.env["PREDICTD_REDIS_URL"], self.redis_prefix))
 
     def key(self, account: str | None = None) -> str:
         return run_sync(_mint_key(self.database_url, account or f"acct-{uuid.uuid4().hex[:8]}"))
@@ -182,31 +411,31 @@ blocked_terms = ["forbiddenword"]
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with a given TOML config; all are stopped (and their workers ended) afterwards."""
+def make_server(tmp_path: Path, backend: str) -> Iterator[Any]:
+    """Start deployments with a given TOML config; all are stopped (and their workers ended) afterwards."""
     started: list[Server] = []
 
-    def factory(config: str = "", env: dict[str, str] | None = None, name: str = "server") -> Server:
+    def factory(
+        config: str = "", env: dict[str, str] | None = None, name: str = "server", start: bool = True
+    ) -> Server:
         workdir = tmp_path / f"{name}-{len(started)}"
         workdir.mkdir()
-        server = Server(workdir=workdir, config=config, env=env or {})
+        server = Server(workdir=workdir, config=config, env=dict(env or {}), backend=backend)
         started.append(server)
-        return server.start()
+        return server.start() if start else server
 
     yield factory
     for server in started:
-        server.stop()
-        server.kill_all()
+        server.destroy()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per test module, serving the built-in and the misbehaving fixture models."""
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Server]:
+    """One deployment per test module and backend, serving the built-in and the misbehaving fixture models."""
     workdir = tmp_path_factory.mktemp("server")
-    srv = Server(workdir=workdir, config=FIXTURE_MODELS_TOML).start()
+    srv = Server(workdir=workdir, config=FIXTURE_MODELS_TOML, backend=backend).start()
     yield srv
-    srv.stop()
-    srv.kill_all()
+    srv.destroy()
 
 
 class _Origin(BaseHTTPRequestHandler):
@@ -262,23 +491,9 @@ def origin() -> Iterator[Origin]:
     httpd.server_close()
 
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database on 127.0.0.1 for one test (SQLAlchemy URL), dropped afterwards."""
-    import asyncpg
-
-    name = f"predictd_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(PG_ADMIN)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    run_sync(admin(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    run_sync(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)

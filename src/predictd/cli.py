@@ -60,9 +60,9 @@ def _root(
 
 def _settings(**flags: Any) -> Settings:
     try:
-        return load_settings(
-            _Options.config, data_dir=_Options.data_dir, database_url=_Options.database_url, **flags
-        )
+        given = {"data_dir": _Options.data_dir, "database_url": _Options.database_url}
+        given.update({name: value for name, value in flags.items() if value is not None})
+        return load_settings(_Options.config, **given)
     except Exception as exc:  # pydantic's message names the bad setting
         err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -110,13 +110,23 @@ def serve(
         bool, typer.Option(help="Issue a fresh demo API key at every start and print it.")
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    database: Annotated[
+        str | None, typer.Option(help="Database URL, e.g. postgresql://host/db (env: PREDICTD_DATABASE_URL).")
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL: run scaled out, predictions on `predictd worker`s (env: PREDICTD_REDIS_URL)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the API server in embedded mode (SQLite, in-process queue, worker subprocesses)."""
+    """Run the API server: embedded (SQLite, in-process queue, worker subprocesses), or with --redis one
+    stateless API process of a scaled-out deployment."""
     import uvicorn
 
     from .api.app import create_app
 
-    settings = _settings(host=host, port=port, log_level=log_level)
+    settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
     secret = _with_store(settings, lambda store: _bootstrap(store, demo))
     base = f"http://{settings.host}:{settings.port}"
@@ -141,6 +151,48 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
     uvicorn.Server(config).run()
+
+
+@app.command()
+def worker(
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model slugs to serve (default: every configured one).")
+    ] = None,
+    database: Annotated[str | None, typer.Option(help="Database URL (env: PREDICTD_DATABASE_URL).")] = None,
+    redis: Annotated[str | None, typer.Option(help="Redis URL (env: PREDICTD_REDIS_URL).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run models for a scaled-out deployment: take predictions from Redis, store outcomes in the database."""
+    from .api.app import WEBHOOK_RENDERERS
+
+    settings = _settings(log_level=log_level, database_url=database, redis_url=redis)
+    if not settings.scaled_out or settings.database_url is None:
+        err.print("[red]predictd worker needs --database and --redis[/red] (the deployment's shared state)")
+        raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_json)
+    only = [slug.strip() for slug in models.split(",") if slug.strip()] if models else None
+    try:
+        asyncio.run(_run_worker(settings, only, WEBHOOK_RENDERERS))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any) -> None:
+    import signal
+
+    from .assemble import start_worker
+
+    node = await start_worker(settings, renderers, only)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    print(
+        f"predictd worker {node.announcer.worker_id} serving {', '.join(only or ['all models'])}", flush=True
+    )
+    await stopping.wait()
+    await node.stop()
 
 
 @keys_app.command("create")

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .domain import ModelInfo
+
 BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
     {
         "slug": "echo",
@@ -98,6 +100,28 @@ class ModelConfig(BaseModel):
     price_unit: Literal["prediction", "second"] = "prediction"
     use_cases: list[str] = Field(default_factory=list, description="Use cases a request may declare.")
     blocked_regions: list[str] = Field(default_factory=list, description="Regions (proxy header) refused.")
+
+    def info(
+        self,
+        *,
+        available: bool,
+        schemas: tuple[dict[str, Any], dict[str, Any]] | None,
+        status_detail: str = "",
+    ) -> ModelInfo:
+        """The model as the API shows it, given what its workers report."""
+        return ModelInfo(
+            slug=self.slug,
+            description=self.description,
+            available=available,
+            input_schema=schemas[0] if schemas else None,
+            output_schema=schemas[1] if schemas else None,
+            status_detail=status_detail,
+            price=self.price,
+            price_unit=self.price_unit,
+            timeout_s=self.timeout_s,
+            use_cases=tuple(self.use_cases),
+            blocked_regions=tuple(self.blocked_regions),
+        )
 
 
 class MediaSettings(BaseModel):
@@ -182,6 +206,23 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path("predictd-data")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL: set, the server runs scaled out (dispatch, limits, signals through Redis; "
+        "predictions run on `predictd worker` processes).",
+    )
+    redis_prefix: str = Field(
+        default="predictd", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key."
+    )
+    worker_lease_s: float = Field(
+        default=15.0, gt=0, description="A worker silent this long loses its predictions to another."
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="`predictd worker` serves Prometheus metrics on this port."
+    )
+    sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often accepted work that Redis lost is looked for."
+    )
     builtin_models: bool | list[str] = Field(
         default=True, description="Serve the built-in models: all (true), none (false), or these slugs."
     )
@@ -194,6 +235,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     cancel_grace_s: float = Field(default=2.0, gt=0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    postgres_lock_timeout_ms: int = Field(
+        default=5000, ge=0, description="A PostgreSQL write waits this long for a lock, then fails."
+    )
     outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
     rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
     rate_window_s: float = Field(default=60.0, gt=0)
@@ -251,8 +295,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return async_driver_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'predictd.sqlite3').resolve()}"
+
+    @property
+    def scaled_out(self) -> bool:
+        return self.redis_url is not None
 
     @property
     def all_models(self) -> list[ModelConfig]:
@@ -264,6 +312,18 @@ class Settings(BaseSettings):
             if wanted is True or (isinstance(wanted, list) and m["slug"] in wanted)
         ]
         return [m for m in builtin if m.slug not in configured] + list(configured.values())
+
+
+def async_driver_url(url: str) -> str:
+    """Plain ``postgresql://`` / ``sqlite:///`` URLs name the async drivers predictd runs on."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

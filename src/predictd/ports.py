@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from .domain import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from .limits.gcra import RateDecision
 
 
 class IdempotencyKeyTaken(Exception):
@@ -131,6 +132,35 @@ class Broker(Protocol):
     async def cancel(self, prediction_id: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One prediction handed to a worker. ``orphaned``: it may be PROCESSING already, on a worker that is
+    gone (its lease ran out, or Redis lost track of it), so the worker may take it over."""
+
+    prediction_id: str
+    model: str
+    orphaned: bool = False
+    receipt: str | None = None  # the broker's handle on this delivery (a stream entry id)
+
+
+CancelHandler = Callable[[str], Awaitable[None]]
+
+
+class WorkSource(Protocol):
+    """The consuming side of a Broker: what worker slots take predictions from."""
+
+    async def take(self, model: str) -> Job: ...
+    async def finish(self, job: Job) -> None:
+        """The job's outcome is stored (or it needs no run): the broker may forget it."""
+        ...
+
+    async def retry(self, job: Job) -> None:
+        """Queue the job again (its worker died, or this worker is stopping)."""
+        ...
+
+    def on_cancel(self, handler: CancelHandler) -> None: ...
+
+
 class Notifier(Protocol):
     """Wakes whoever waits for a prediction's state to change (await, streams)."""
 
@@ -142,6 +172,22 @@ class Notifier(Protocol):
 class Subscription(Protocol):
     async def next(self, timeout: float) -> Prediction | None: ...
     def close(self) -> None: ...
+
+
+class Limits(Protocol):
+    """Rate limits (GCRA per key) and in-flight predictions per account, shared by every API process."""
+
+    async def hit_all(self, limits: list[tuple[str, int, float]]) -> list[RateDecision]:
+        """Decide one request against several (key, limit, window_s); it counts against them only if all
+        allow it."""
+        ...
+
+    async def try_acquire(self, account_id: str, prediction_id: str, limit: int | None) -> bool:
+        """Count the prediction as in flight unless ``limit`` are already; idempotent per prediction."""
+        ...
+
+    async def release(self, account_id: str, prediction_id: str) -> None: ...
+    async def in_flight(self, account_id: str) -> int: ...
 
 
 class ModelCatalog(Protocol):

@@ -6,10 +6,12 @@ their own bodies.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,10 +39,19 @@ from .domain import (
     utcnow,
 )
 from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
-from .limits import MemoryConcurrency, MemoryRateLimiter, RateDecision
+from .limits import LimitsUnavailable, MemoryLimits, RateDecision
 from .media import data_uri_size
 from .outputs import LocalOutputs
-from .ports import Broker, DeliveryPlanner, IdempotencyKeyTaken, ListQuery, ModelCatalog, Notifier, Store
+from .ports import (
+    Broker,
+    DeliveryPlanner,
+    IdempotencyKeyTaken,
+    Limits,
+    ListQuery,
+    ModelCatalog,
+    Notifier,
+    Store,
+)
 from .runtime.executor import failure_changes
 from .runtime.process import unavailable_failure
 from .runtime.types import MEDIA_KEY, MODERATE_KEY, MODERATION_LEVEL, fields_marked
@@ -113,6 +124,7 @@ class Service:
         deliveries: DeliveryPlanner | None = None,
         idempotency_ttl_s: float = 86400.0,
         security: SecurityScreen | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.security = security
         self.outputs = outputs
@@ -124,15 +136,28 @@ class Service:
         self.catalog = catalog
         self.max_attempts = max_attempts
         self.policy = policy or Policy()
-        self.rates = MemoryRateLimiter()
-        self.inflight = MemoryConcurrency()
+        self.limits: Limits = limits or MemoryLimits()
+        self._background: set[asyncio.Task[None]] = set()
         self.text_moderator = text_moderator
         self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
         notifier.add_listener(self._release_when_done)
 
     def _release_when_done(self, prediction: Prediction) -> None:
         if prediction.terminal:
-            self.inflight.release(prediction.account_id, prediction.id)
+            self._spawn(self.limits.release(prediction.account_id, prediction.id), "release")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` in the background, keeping a reference until it ends and logging a failure."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.warning("background step failed", step=what, error=repr(exc))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- auth ----------------------------------------------------------------------------------------------
 
@@ -173,7 +198,7 @@ class Service:
             log.warning("plan not found; using the deployment's limits", account=account.id, plan=name)
         return self.policy.plan
 
-    def check_rate(self, principal: Principal) -> RateDecision | None:
+    async def check_rate(self, principal: Principal) -> RateDecision | None:
         """Count one request against the key's and the account's rate limits; the tighter one answers."""
         plan = principal.plan
         limits = []
@@ -181,7 +206,12 @@ class Service:
             limits.append((f"key:{principal.key_id}", plan.key_rate_limit, plan.rate_window_s))
         if plan.rate_limit is not None:
             limits.append((f"acct:{principal.account.id}", plan.rate_limit, plan.rate_window_s))
-        decisions = self.rates.hit_all(limits) if limits else []
+        try:
+            decisions = await self.limits.hit_all(limits) if limits else []
+        except LimitsUnavailable as exc:
+            # Availability over strictness: a Redis outage must not stop the API. Logged for operators.
+            log.warning("rate limits unavailable; request allowed", error=str(exc))
+            return None
         if not decisions:
             return None
         refused = [d for d in decisions if not d.allowed]
@@ -257,7 +287,7 @@ class Service:
                 principal.account.id, request.idempotency_key, request.fingerprint(), prediction.id, utcnow()
             )
         limit = principal.plan.concurrency_limit
-        if not self.inflight.try_acquire(principal.account.id, prediction.id, limit):
+        if not await self._acquire(principal.account.id, prediction.id, limit):
             raise ApiError(
                 ErrorId.CONCURRENCY_LIMIT_EXCEEDED,
                 f"{limit} predictions are already in flight for this account; "
@@ -269,22 +299,40 @@ class Service:
         try:
             await self.store.insert_prediction(prediction, record, reserve)
         except CreditsRefused as refused:
-            self.inflight.release(principal.account.id, prediction.id)
+            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
             raise self._out_of_credits(refused, info) from None
         except IdempotencyKeyTaken:
             # A concurrent identical submit won the race: answer with its prediction.
-            self.inflight.release(principal.account.id, prediction.id)
+            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
             replay = await self._replay(principal, request)
             if replay is None:
                 raise ApiError(ErrorId.INTERNAL_ERROR, "Idempotency-Key race; retry the request.") from None
             return Submission(replay, replayed=True)
         except BaseException:
-            self.inflight.release(principal.account.id, prediction.id)
+            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
             raise
         self.notifier.publish(prediction)
-        await self.broker.enqueue(prediction.id, prediction.model)
+        try:
+            await self.broker.enqueue(prediction.id, prediction.model)
+        except Exception as exc:
+            # Accepted means stored: the sweeper queues what the broker did not take (scaled-out mode).
+            log.warning("could not queue an accepted prediction", prediction=prediction.id, error=repr(exc))
         log.debug("prediction accepted", prediction=prediction.id, model=prediction.model)
         return Submission(prediction)
+
+    async def in_flight(self, account_id: str) -> int | None:
+        """The account's predictions counted against its concurrency limit; None if that is unknown now."""
+        try:
+            return await self.limits.in_flight(account_id)
+        except LimitsUnavailable:
+            return None
+
+    async def _acquire(self, account_id: str, prediction_id: str, limit: int | None) -> bool:
+        try:
+            return await self.limits.try_acquire(account_id, prediction_id, limit)
+        except LimitsUnavailable as exc:
+            log.warning("concurrency limits unavailable; prediction allowed", error=str(exc))
+            return True
 
     async def _replay(self, principal: Principal, request: SubmitRequest) -> Prediction | None:
         assert request.idempotency_key is not None
@@ -514,7 +562,7 @@ class Service:
                 )
                 if not back_in_queue:
                     continue
-                self.inflight.try_acquire(prediction.account_id, prediction.id, None)
+                await self._acquire(prediction.account_id, prediction.id, None)
                 await self.broker.enqueue(prediction.id, prediction.model)
                 requeued += 1
                 continue

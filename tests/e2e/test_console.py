@@ -54,13 +54,13 @@ allowed_networks = ["127.0.0.1/32"]
 
 
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def console_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Server]:
     """The fixture models, and webhooks allowed to reach a receiver on 127.0.0.1."""
-    srv = Server(workdir=tmp_path_factory.mktemp("console"), config=FIXTURE_MODELS_TOML + WEBHOOKS_TOML)
+    workdir = tmp_path_factory.mktemp("console")
+    srv = Server(workdir=workdir, config=FIXTURE_MODELS_TOML + WEBHOOKS_TOML, backend=backend)
     srv.start()
     yield srv
-    srv.stop()
-    srv.kill_all()
+    srv.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ subscribe with creditsUsed, and each API-level error class from its real cause."
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -124,11 +123,9 @@ def test_concurrency_limit_is_a_rate_limit_error(make_server: Any) -> None:
 
 
 def test_internal_server_error(make_server: Any) -> None:
-    locked = make_server("sqlite_busy_timeout_ms = 200\n")
+    locked = make_server("sqlite_busy_timeout_ms = 200\npostgres_lock_timeout_ms = 200\n")
     key = locked.key()
-    holder = sqlite3.connect(locked.data_dir / "predictd.sqlite3", isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
+    with locked.database_write_lock():
         body = expect_error(
             fashn(locked, key, "run", model="echo", inputs={"text": "x"}),
             "InternalServerError",
@@ -136,9 +133,6 @@ def test_internal_server_error(make_server: Any) -> None:
             "InternalServerError",
         )
         assert "Traceback" not in body["message"]
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
     assert fashn(locked, key, "run", model="echo", inputs={"text": "x"})["ok"]
 
 

@@ -6,10 +6,8 @@ non-SDK access is the store (to revoke a key) and a raw SQLite connection (to ma
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -83,20 +81,6 @@ async def _revoke(database_url: str, secret: str) -> None:
         assert await store.revoke_key(found[0].id)
     finally:
         await store.close()
-
-
-@contextmanager
-def sqlite_write_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive write lock on the server's SQLite database (readers still read, in WAL mode)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 # -- running predictions -----------------------------------------------------------------------------------
@@ -412,14 +396,15 @@ def test_model_unavailable(client: skytells.SkytellsClient) -> None:
 
 
 def test_internal_error_hides_details_and_the_server_recovers(make_server: Callable[..., Server]) -> None:
-    server = make_server("sqlite_busy_timeout_ms = 200\n", name="busy")
+    server = make_server("sqlite_busy_timeout_ms = 200\npostgres_lock_timeout_ms = 200\n", name="busy")
     client = sdk(server, server.key())
     assert client.run("echo", input={"text": "warm"}).output == "warm"
 
-    with sqlite_write_lock(str(server.data_dir / "predictd.sqlite3")):
+    with server.database_write_lock():
         error = expect_error(lambda: client.run("echo", input={"text": "x"}), "INTERNAL_ERROR", 500)
     message = f"{error} {error.details}"
     assert "Traceback" not in message
     assert "sqlite" not in message.lower()
+    assert "asyncpg" not in message.lower()
 
     assert client.run("echo", input={"text": "after"}).output == "after"

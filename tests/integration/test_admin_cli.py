@@ -16,7 +16,7 @@ from ..conftest import ROOT, Server
 
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "predictd", "--data-dir", str(server.data_dir), *args],
+        [sys.executable, "-m", "predictd", *server.cli_args(), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

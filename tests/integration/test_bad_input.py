@@ -157,13 +157,10 @@ class Target:
     def client(self) -> httpx.Client:
         return self.server.client(self.key)
 
-    def process(self) -> psutil.Process:
-        assert self.server.proc is not None
-        return psutil.Process(self.server.proc.pid)
-
     def rss_mb(self) -> float:
-        """The API process and its workers together."""
-        family = [self.process(), *self.process().children(recursive=True)]
+        """The deployment's processes (API, workers and their model subprocesses) together."""
+        tops = [psutil.Process(p.pid) for p in self.server.processes()]
+        family = [proc for top in tops for proc in (top, *top.children(recursive=True))]
         total = 0
         for proc in family:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -171,23 +168,24 @@ class Target:
         return total / 2**20
 
 
-def _start(tmp_path_factory: pytest.TempPathFactory, name: str, config: str) -> Iterator[Target]:
-    server = Server(workdir=tmp_path_factory.mktemp(name), config=config).start()
+def _start(
+    tmp_path_factory: pytest.TempPathFactory, name: str, config: str, backend: str
+) -> Iterator[Target]:
+    server = Server(workdir=tmp_path_factory.mktemp(name), config=config, backend=backend).start()
     yield Target(server, server.key(name))
-    server.stop()
-    server.kill_all()
+    server.destroy()
 
 
 @pytest.fixture(scope="module")
-def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def lenient(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Target]:
     """A server that may fetch from 127.0.0.1 (the hostile origin) and nowhere else private."""
-    yield from _start(tmp_path_factory, "lenient", LENIENT_TOML)
+    yield from _start(tmp_path_factory, "lenient", LENIENT_TOML, backend)
 
 
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def strict(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Target]:
     """The default media settings: no private or loopback address at all."""
-    yield from _start(tmp_path_factory, "strict", THUMBNAIL_TOML)
+    yield from _start(tmp_path_factory, "strict", THUMBNAIL_TOML, backend)
 
 
 @contextlib.contextmanager

@@ -61,11 +61,10 @@ class Operator:
 
 
 @pytest.fixture(scope="module")
-def billing_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = Server(workdir=tmp_path_factory.mktemp("billing"), config=CONFIG).start()
+def billing_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Any:
+    server = Server(workdir=tmp_path_factory.mktemp("billing"), config=CONFIG, backend=backend).start()
     yield server
-    server.stop()
-    server.kill_all()
+    server.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Faults in embedded mode, each real: a worker process SIGKILLed mid-load, the server SIGKILLed mid-load
-then restarted, and the data folder's filesystem full (a tmpfs mounted on it) or read-only. Every accepted
-prediction reaches a terminal state, nothing is charged for a failure, and the ledger balances (charges
-equal the credits used by succeeded predictions, no reservation left open).
+"""Faults in embedded mode (scaled-out ones: test_scaled_out.py), each real: a worker process SIGKILLed
+mid-load, the server SIGKILLed mid-load then restarted, and the data folder's filesystem full (a tmpfs
+mounted on it) or read-only. Every accepted prediction reaches a terminal state, nothing is charged for a
+failure, and the ledger balances (charges equal the credits used by succeeded predictions, no reservation
+left open).
 
 The filesystem tests mount a small tmpfs on the server's data folder, so they need root (CAP_SYS_ADMIN), as
 the test machine has. A read-only remount cannot be done under a running server: Linux refuses
@@ -31,7 +32,7 @@ import pytest
 
 from predictd.errors import ErrorId
 
-from ..conftest import FIXTURE_MODELS, Server
+from ..conftest import FIXTURE_MODELS, Server, run_sync
 from .test_billing_and_policy import ADMIN_KEY, Operator
 from .test_native_api import assert_error
 
@@ -49,8 +50,10 @@ ref = "{FIXTURE_MODELS}:Raises"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 MICROS = 1_000_000
 
+pytestmark = pytest.mark.backends("embedded")
 
-# -- the ledger audit (read straight from the SQLite file) ---------------------------------------------------
+
+# -- the ledger audit (read straight from the database) ------------------------------------------------------
 
 
 @dataclass
@@ -91,17 +94,60 @@ class Audit:
         )
 
 
+AUDIT_PREDICTIONS = "SELECT id, status, cost FROM predictions WHERE account_id = ?"
+AUDIT_LEDGER = (
+    "SELECT prediction_id, kind, SUM(amount_micros) FROM ledger_entries WHERE account_id = ? "
+    "GROUP BY prediction_id, kind"
+)
+
+
 def audit(database: Path, account_name: str) -> Audit:
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
         (account_id,) = db.execute("SELECT id FROM accounts WHERE name = ?", (account_name,)).fetchone()
-        rows = db.execute(
-            "SELECT id, status, cost FROM predictions WHERE account_id = ?", (account_id,)
-        ).fetchall()
-        ledger = db.execute(
-            "SELECT prediction_id, kind, SUM(amount_micros) FROM ledger_entries WHERE account_id = ? "
-            "GROUP BY prediction_id, kind",
-            (account_id,),
-        ).fetchall()
+        rows = db.execute(AUDIT_PREDICTIONS, (account_id,)).fetchall()
+        ledger = db.execute(AUDIT_LEDGER, (account_id,)).fetchall()
+    return audit_rows(rows, ledger)
+
+
+def audit_of(server: Server, account_name: str) -> Audit:
+    """The audit of the server's store, SQLite or PostgreSQL."""
+    url = server.env.get("PREDICTD_DATABASE_URL")
+    if url is None:
+        return audit(database_of(server), account_name)
+
+    async def read() -> tuple[list[Any], list[Any]]:
+        import asyncpg
+
+        db = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            account_id = await db.fetchval("SELECT id FROM accounts WHERE name = $1", account_name)
+            rows = await db.fetch(AUDIT_PREDICTIONS.replace("?", "$1"), account_id)
+            ledger = await db.fetch(AUDIT_LEDGER.replace("?", "$1"), account_id)
+            return [tuple(r) for r in rows], [tuple(r) for r in ledger]
+        finally:
+            await db.close()
+
+    return audit_rows(*run_sync(read()))
+
+
+def prediction_ids_of(server: Server) -> list[str]:
+    url = server.env.get("PREDICTD_DATABASE_URL")
+    if url is None:
+        return all_prediction_ids(database_of(server))
+
+    async def read() -> list[str]:
+        import asyncpg
+
+        db = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return [str(r[0]) for r in await db.fetch("SELECT id FROM predictions")]
+        finally:
+            await db.close()
+
+    return run_sync(read())
+
+
+def audit_rows(rows: list[Any], ledger: list[Any]) -> Audit:
     per_prediction: dict[str | None, dict[str, int]] = {}
     for prediction_id, kind, amount in ledger:
         per_prediction.setdefault(prediction_id, {})[kind] = int(amount)

@@ -83,8 +83,8 @@ def _finished(client: httpx.Client, prediction_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    server = Server(workdir=tmp_path_factory.mktemp("fuzz"), config=FUZZ_TOML).start()
+def target(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Target]:
+    server = Server(workdir=tmp_path_factory.mktemp("fuzz"), config=FUZZ_TOML, backend=backend).start()
     key = server.key("fuzz")
     with server.client(key) as client:
         native = client.post(
@@ -103,8 +103,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     target = Target(server, key, session, [native.json()["id"], fashn.json()["id"]], open_ids)
     yield target
     session.close()
-    server.stop()
-    server.kill_all()
+    server.destroy()
 
 
 # The document the server publishes, built by the same code at collection time (schemathesis parametrizes

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from ..conftest import ROOT, Server
-from .test_faults import CONFIG, all_prediction_ids, audit, database_of, prepaid_account, settle_all
+from .test_faults import CONFIG, audit_of, prediction_ids_of, prepaid_account, settle_all
 
 N = 400
 CONCURRENCY = 32
@@ -33,6 +33,7 @@ class Job:
     submit_s: float = 0.0
     tries: int = 0
     error: str | None = None
+    cancel_retries: int = 0
 
 
 def kind_of(index: int) -> str:
@@ -69,7 +70,12 @@ async def one(client: httpx.AsyncClient, index: int) -> Job:
         break
     job.submit_s = time.perf_counter() - start
     if job.kind == "cancel" and job.prediction_id is not None:
-        cancelled = await client.post(f"/v1/predictions/{job.prediction_id}/cancel")
+        # INTERNAL_ERROR is retryable by contract (x-should-retry: true): a client resends, as for submits.
+        for _ in range(3):
+            cancelled = await client.post(f"/v1/predictions/{job.prediction_id}/cancel")
+            if cancelled.status_code < 500:
+                break
+            job.cancel_retries += 1
         assert cancelled.status_code == 200, cancelled.text
     return job
 
@@ -102,7 +108,7 @@ def test_bounded_mixed_load_loses_nothing_doubles_nothing_and_balances(make_serv
     jobs, submitted_in = asyncio.run(drive(server, key))
     accepted = [j.prediction_id for j in jobs if j.prediction_id is not None]
     finals = settle_all(server, key, accepted, timeout=90)
-    stored = all_prediction_ids(database_of(server))
+    stored = prediction_ids_of(server)
     lost = [
         j
         for j in jobs
@@ -111,12 +117,13 @@ def test_bounded_mixed_load_loses_nothing_doubles_nothing_and_balances(make_serv
         or finals[j.prediction_id]["status"] != EXPECTED[j.kind]
     ]
     duplicated = (len(accepted) - len(set(accepted))) + len(set(stored) - set(accepted))
-    result = audit(database_of(server), "load")
+    result = audit_of(server, "load")
     submits = [j.submit_s for j in jobs]
     print(
         f"\nload: {len(jobs)} jobs at concurrency {CONCURRENCY}, submitted in {submitted_in:.1f} s "
         f"({len(jobs) / submitted_in:.0f}/s), submit p50 {nearest_rank(submits, 50) * 1000:.0f} ms "
-        f"p99 {nearest_rank(submits, 99) * 1000:.0f} ms, retried submits {sum(j.tries > 1 for j in jobs)}"
+        f"p99 {nearest_rank(submits, 99) * 1000:.0f} ms, retried submits {sum(j.tries > 1 for j in jobs)}, "
+        f"retried cancels {sum(j.cancel_retries for j in jobs)}"
     )
     print(f"lost = {len(lost)}, duplicated = {duplicated}, ledger balanced = {result.balanced}")
     print(f"ledger: {result.line()}")

@@ -86,12 +86,12 @@ def fashn_status(client: httpx.Client, model: str, inputs: dict[str, Any], timeo
 
 
 @pytest.fixture(scope="module")
-def models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def models_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Server]:
     """One server for the module: each heavy model loads once (seconds), then answers in milliseconds."""
-    srv = Server(workdir=tmp_path_factory.mktemp("models"), config=MODELS_TOML).start(timeout=180)
+    workdir = tmp_path_factory.mktemp("models")
+    srv = Server(workdir=workdir, config=MODELS_TOML, backend=backend).start(timeout=180)
     yield srv
-    srv.stop()
-    srv.kill_all()
+    srv.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
+from predictd.store import open_store
 
 from ..conftest import Server, run_sync
 
@@ -199,7 +201,6 @@ def test_unauthorized_missing_unknown_and_revoked(server: Server) -> None:
 
 async def _revoke_all(database_url: str, secret: str) -> None:
     from predictd import keys
-    from predictd.store import open_store
 
     store = await open_store(database_url)
     try:
@@ -210,10 +211,19 @@ async def _revoke_all(database_url: str, secret: str) -> None:
         await store.close()
 
 
+async def _suspend(database_url: str, name: str) -> None:
+    store = await open_store(database_url)
+    try:
+        account = await store.get_account_by_name(name)
+        assert account is not None
+        await store.update_account(account.id, status=AccountStatus.SUSPENDED)
+    finally:
+        await store.close()
+
+
 def test_suspended_account(server: Server) -> None:
     key = server.key("to-suspend")
-    with sqlite3.connect(server.data_dir / "predictd.sqlite3") as db:
-        db.execute("UPDATE accounts SET status = 'suspended' WHERE name = 'to-suspend'")
+    run_sync(_suspend(server.database_url, "to-suspend"))
     with server.client(key) as client:
         assert_error(client.get("/v1/models"), ErrorId.ACCOUNT_SUSPENDED, "suspended")
 
@@ -294,6 +304,7 @@ def test_oversized_body_is_an_infrastructure_error(make_server: Any) -> None:
         assert submit(client, "echo", {"text": "fits"}, wait=True)["output"] == "fits"
 
 
+@pytest.mark.backends("embedded")
 def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
     locked = make_server("sqlite_busy_timeout_ms = 200\n")
     key = locked.key()
@@ -474,8 +485,9 @@ def test_openapi_and_health_and_metrics(server: Server, client: httpx.Client) ->
     health = client.get("/health").json()
     assert health["models"]["echo"] == "available"
     assert health["models"]["broken"] == "unavailable"
+    assert health["mode"] == ("scaled-out" if server.scaled else "embedded")
     submit(client, "echo", {"text": "x"}, wait=True)
-    metrics = client.get("/metrics").text
+    metrics = server.metrics_text()
     assert 'predictd_predictions_total{model="echo",status="succeeded"}' in metrics
     assert 'predictd_model_available{model="broken"} 0.0' in metrics
     assert "predictd_http_requests_total" in metrics

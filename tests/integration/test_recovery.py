@@ -1,5 +1,8 @@
 """A server restart keeps every stored prediction; what was queued or running is resumed or failed,
-never left pending forever."""
+never left pending forever.
+
+Embedded mode: the server and its workers restart together. The scaled-out counterparts (a worker, an API
+process or Redis lost mid-load) are in test_scaled_out.py."""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from ..conftest import Server
 from .test_native_api import TERMINAL, submit, wait_for
+
+pytestmark = pytest.mark.backends("embedded")
 
 
 def statuses(server: Server) -> dict[str, str]:

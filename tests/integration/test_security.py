@@ -12,9 +12,7 @@ operator to copy; it appears only on those lines.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,6 +37,7 @@ CONFIG = f"""
 admin_key = "{ADMIN_KEY}"
 builtin_models = ["echo", "sleep"]
 sqlite_busy_timeout_ms = 300
+postgres_lock_timeout_ms = 300
 shutdown_grace_s = 0
 """
 ALLOWED_SECRET_ROUTES = {  # the routes whose purpose is to hand a secret to its owner
@@ -103,8 +102,8 @@ def bootstrap_key(server: Server) -> str:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    server = Server(workdir=tmp_path_factory.mktemp("security"), config=CONFIG).start()
+def suite(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Suite]:
+    server = Server(workdir=tmp_path_factory.mktemp("security"), config=CONFIG, backend=backend).start()
     try:
         placeholder = Tenant("", "", "")
         s = Suite(server, placeholder, placeholder, bootstrap_key(server))
@@ -122,8 +121,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
                 s.secrets |= set(c.get("/v1/webhooks/secret").json()["valid_secrets"])
         yield s
     finally:
-        server.stop()
-        server.kill_all()
+        server.destroy()
 
 
 def schema_routes(suite: Suite) -> list[tuple[str, str, list[str]]]:
@@ -201,21 +199,19 @@ def test_every_route_taking_a_prediction_id_hides_other_accounts_predictions(sui
 
 
 def test_keys_are_stored_only_as_digests(suite: Suite) -> None:
-    data = suite.server.data_dir
-    files = [p for p in data.iterdir() if p.name.startswith("predictd.sqlite3")]
-    raw = b"".join(p.read_bytes() for p in files)  # the database, its WAL and its shared-memory index
+    raw = suite.server.database_bytes()  # SQLite's files with its WAL, or all of PostgreSQL's rows
     api_keys = [suite.a.key, suite.b.key, suite.bootstrap_key]
     for secret in api_keys:
         assert secret.encode() not in raw
         assert keys.digest(secret).encode() in raw  # the search does find what is there
     assert ADMIN_KEY.encode() not in raw
-    print(f"\nkeys at rest: {len(raw)} bytes of {[p.name for p in files]} searched; 0 plaintext keys")
+    print(f"\nkeys at rest: {len(raw)} bytes of the database searched; 0 plaintext keys")
 
 
 def predictd_cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}
     return subprocess.run(
-        [sys.executable, "-m", "predictd", "--data-dir", str(server.data_dir), *args],
+        [sys.executable, "-m", "predictd", *server.cli_args(), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -290,18 +286,6 @@ def test_admin_routes_refuse_account_keys_and_change_nothing(suite: Suite) -> No
 # -- no secret, no traceback ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def database_locked(server: Server) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection, as a stuck backup or migration would."""
-    db = sqlite3.connect(server.data_dir / "predictd.sqlite3", timeout=5, isolation_level=None)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        yield
-        db.execute("ROLLBACK")
-    finally:
-        db.close()
-
-
 def test_no_secret_or_traceback_in_any_answer_or_in_the_log(suite: Suite) -> None:
     own = {"prediction_id": suite.a.done, "slug": "echo", "name": suite.a.name, "model": "echo"}
     routes = [(m, p) for m, p, _ in schema_routes(suite)]
@@ -329,7 +313,7 @@ def test_no_secret_or_traceback_in_any_answer_or_in_the_log(suite: Suite) -> Non
         private_text = f"private input {keys.generate_key().secret}"
         suite.secrets |= {hook_token, private_text}
         webhook = {"url": f"https://hooks.example.test/services/T0/B0/{hook_token}"}
-        with database_locked(suite.server):
+        with suite.server.database_write_lock():
             internal = [
                 a.post(
                     "/v1/predictions",
@@ -357,7 +341,7 @@ def test_no_secret_or_traceback_in_any_answer_or_in_the_log(suite: Suite) -> Non
     leaks = []
     for method, route, response in suite.answers:
         text = response.text + "".join(f"{k}: {v}\n" for k, v in response.headers.items())
-        for marker in ("Traceback", 'File "', "sqlalchemy", "sqlite3."):
+        for marker in ("Traceback", 'File "', "sqlalchemy", "sqlite3.", "asyncpg"):
             if marker in text:
                 leaks.append((method, route, response.status_code, marker))
         if (method, route) not in ALLOWED_SECRET_ROUTES:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from standardwebhooks import Webhook
 
-from ..conftest import Server, free_port
+from ..conftest import free_port
 
 FAST_RETRIES = """
 [webhooks]
@@ -170,7 +170,7 @@ def test_every_event_arrives_exactly_once_across_receiver_downtime_and_a_restart
         assert failed["history"][0]["error"]
 
     first.stop()  # predictd restarts in the middle; the outbox is in its database
-    second = Server(workdir=first.workdir, config=first.config, port=first.port).start()
+    second = first.successor().start()
     try:
         receiver.start()
         with second.client(key) as client:

@@ -87,26 +87,26 @@ def principal(key_id: str) -> Principal:
     return Principal(Account("acc_1", "acme", AccountStatus.ACTIVE, utcnow()), key_id=key_id)
 
 
-def test_sessions_expire_end_with_their_key_and_are_bounded() -> None:
+async def test_sessions_expire_end_with_their_key_and_are_bounded() -> None:
     sessions = ConsoleSessions(ttl_s=0.2, max_sessions=3)
-    token, session = sessions.open(principal("key_a"), "d" * 64)
-    assert sessions.get(token) is session
-    assert sessions.get(token + "x") is None
-    assert sessions.get(None) is None
+    token, session = await sessions.open(principal("key_a"), "d" * 64)
+    assert await sessions.get(token) is session
+    assert await sessions.get(token + "x") is None
+    assert await sessions.get(None) is None
     assert session.csrf_token != token
-    other, _ = sessions.open(principal("key_b"), "e" * 64)
-    assert sessions.close_key("key_a") == 1
-    assert sessions.get(token) is None
-    assert sessions.get(other) is not None
+    other, _ = await sessions.open(principal("key_b"), "e" * 64)
+    assert await sessions.close_key("key_a") == 1
+    assert await sessions.get(token) is None
+    assert await sessions.get(other) is not None
     time.sleep(0.25)
-    assert sessions.get(other) is None
+    assert await sessions.get(other) is None
 
     sessions = ConsoleSessions(ttl_s=60, max_sessions=3)
-    tokens = [sessions.open(principal(f"key_{i}"), "f" * 64)[0] for i in range(5)]
+    tokens = [(await sessions.open(principal(f"key_{i}"), "f" * 64))[0] for i in range(5)]
     assert len(sessions) == 3
-    assert [sessions.get(t) is not None for t in tokens] == [False, False, True, True, True]
-    sessions.close(tokens[-1])
-    assert sessions.get(tokens[-1]) is None
+    assert [await sessions.get(t) is not None for t in tokens] == [False, False, True, True, True]
+    await sessions.close(tokens[-1])
+    assert await sessions.get(tokens[-1]) is None
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ async def account(request: Request, principal: Principal = Depends(authenticated
             "plan": plan_body(principal.plan),
             "disabled_models": list(principal.account.disabled_models),
             "credits": credits.as_dict(),
-            "in_flight": service.inflight.count(principal.account.id),
+            "in_flight": await service.in_flight(principal.account.id),
         }
     )
 

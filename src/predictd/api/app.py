@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..assemble import Embedded, start_embedded
+from ..assemble import Deployment, start_api, start_embedded
 from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
@@ -93,7 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        deployment: Embedded = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
+        start = start_api if settings.scaled_out else start_embedded
+        deployment: Deployment = await start(settings, metrics, WEBHOOK_RENDERERS)
         app.state.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
         try:
@@ -124,14 +125,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health", tags=["operations"], summary="Liveness and model availability")
     async def health(request: Request) -> JSONResponse:
-        models = deployment_of(request).service.models()
-        return JSONResponse(
-            {
-                "status": "ok",
-                "version": __version__,
-                "models": {m.slug: "available" if m.available else "unavailable" for m in models},
-            }
-        )
+        deployment = deployment_of(request)
+        models = deployment.service.models()
+        body: dict[str, object] = {
+            "status": "ok",
+            "version": __version__,
+            "mode": "embedded" if deployment.live_workers is None else "scaled-out",
+            "models": {m.slug: "available" if m.available else "unavailable" for m in models},
+        }
+        if deployment.live_workers is not None:
+            body["workers"] = deployment.live_workers()
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -61,7 +61,7 @@ async def authenticated(request: Request) -> Principal:
         principal = found[0] if found else None
     if principal is None:
         principal = await service.authenticate(key)
-    decision = service.check_rate(principal)
+    decision = await service.check_rate(principal)
     if decision is not None:
         # RequestContext adds these to whatever answer the route gives.
         request.scope.setdefault("state", {})[RATE_HEADERS_STATE] = decision.headers()

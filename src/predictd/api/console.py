@@ -284,8 +284,8 @@ async def login(request: Request) -> Response:
             request, "login.html", None, status_code=status, next=target, notice=None, error=exc.message
         )
     sessions = sessions_of(request)
-    sessions.close(request.cookies.get(COOKIE_NAME))  # a new sign-in never keeps an older session
-    token, _ = sessions.open(principal, api_keys.digest(secret))
+    await sessions.close(request.cookies.get(COOKIE_NAME))  # a new sign-in never keeps an older session
+    token, _ = await sessions.open(principal, api_keys.digest(secret))
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE_NAME,
@@ -308,7 +308,7 @@ def _signed_out(request: Request, notice: str) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     async def body(signed: Signed, form: dict[str, str]) -> Response:
-        sessions_of(request).close(request.cookies.get(COOKIE_NAME))
+        await sessions_of(request).close(request.cookies.get(COOKIE_NAME))
         return _signed_out(request, "signed-out")
 
     return await _post(request, body)
@@ -545,7 +545,7 @@ async def run_model(request: Request, slug: str) -> Response:
         parsing.reject_unknown_fields(body, frozenset({"input"}))
         parsing.expect_type(body, "input", dict, "a JSON object")
         service = service_of(request)
-        service.check_rate(principal)
+        await service.check_rate(principal)
         submission = await service.submit(
             principal,
             SubmitRequest(model=slug, input=body["input"], source="console", region=caller_region(request)),
@@ -614,7 +614,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
         if key is None:  # another account's key is reported exactly like a missing one
             raise ApiError(ErrorId.NOT_FOUND, f"No key with id {key_id!r}.")
         await store.revoke_key(key.id)
-        sessions_of(request).close_key(key.id)
+        await sessions_of(request).close_key(key.id)
         if key.id == signed.principal.key_id:
             return _signed_out(request, "revoked")
         query = urllib.parse.urlencode({"revoked": key.prefix})

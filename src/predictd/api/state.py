@@ -6,12 +6,12 @@ from typing import cast
 
 from starlette.requests import Request
 
-from ..assemble import Embedded
+from ..assemble import Deployment
 from ..service import Service
 
 
-def deployment_of(request: Request) -> Embedded:
-    return cast(Embedded, request.app.state.deployment)
+def deployment_of(request: Request) -> Deployment:
+    return cast(Deployment, request.app.state.deployment)
 
 
 def service_of(request: Request) -> Service:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..domain import Prediction
-
-CancelHandler = Callable[[str], Awaitable[None]]
+from ..ports import CancelHandler, Job
 
 
 class LocalBroker:
+    """Both sides of the queue in one process: the Broker the service uses and the WorkSource of the
+    worker slots."""
+
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue[str]] = defaultdict(asyncio.Queue)
+        self._queues: dict[str, asyncio.Queue[Job]] = defaultdict(asyncio.Queue)
         self._cancel_handlers: list[CancelHandler] = []
 
     async def enqueue(self, prediction_id: str, model: str) -> None:
-        self._queues[model].put_nowait(prediction_id)
+        self._queues[model].put_nowait(Job(prediction_id, model))
 
     async def cancel(self, prediction_id: str) -> None:
         for handler in self._cancel_handlers:
@@ -25,8 +27,14 @@ class LocalBroker:
 
     # -- the consuming side (runtime/supervisor.py) --------------------------------------------------------
 
-    async def take(self, model: str) -> str:
+    async def take(self, model: str) -> Job:
         return await self._queues[model].get()
+
+    async def finish(self, job: Job) -> None:
+        """Nothing to acknowledge: the queue forgot the job when it was taken."""
+
+    async def retry(self, job: Job) -> None:
+        self._queues[job.model].put_nowait(job)
 
     def on_cancel(self, handler: CancelHandler) -> None:
         self._cancel_handlers.append(handler)
@@ -57,14 +65,22 @@ class LocalNotifier:
         self._listeners: list[Callable[[Prediction], None]] = []
 
     def add_listener(self, listener: Callable[[Prediction], None]) -> None:
-        """Called with every published state, for every prediction (metrics)."""
+        """Called with every state this process publishes, for every prediction (metrics, limits)."""
         self._listeners.append(listener)
 
     def publish(self, prediction: Prediction) -> None:
         for listener in self._listeners:
             listener(prediction)
+        self.deliver(prediction)
+
+    def deliver(self, prediction: Prediction) -> None:
+        """Wake this process's subscribers of the prediction only (a change another process made)."""
         for subscription in self._subscribers.get(prediction.id, ()):
             subscription.queue.put_nowait(prediction)
+
+    def watched(self) -> list[str]:
+        """The predictions someone in this process is waiting on."""
+        return list(self._subscribers)
 
     def subscribe(self, prediction_id: str) -> _LocalSubscription:
         subscription = _LocalSubscription(self, prediction_id)

@@ -1,6 +1,14 @@
-"""Rate limits (GCRA) and concurrency limits (in-flight predictions), per account."""
+"""Rate limits (GCRA) and concurrency limits (in-flight predictions), per account: in this process
+(embedded mode) or in Redis (scaled out, ``limits.redis``)."""
 
 from .gcra import RateDecision, gcra
-from .memory import MemoryConcurrency, MemoryRateLimiter
+from .memory import LimitsUnavailable, MemoryConcurrency, MemoryLimits, MemoryRateLimiter
 
-__all__ = ["MemoryConcurrency", "MemoryRateLimiter", "RateDecision", "gcra"]
+__all__ = [
+    "LimitsUnavailable",
+    "MemoryConcurrency",
+    "MemoryLimits",
+    "MemoryRateLimiter",
+    "RateDecision",
+    "gcra",
+]

@@ -8,6 +8,10 @@ from collections import defaultdict
 from .gcra import RateDecision, gcra
 
 
+class LimitsUnavailable(Exception):
+    """The shared store of limits cannot be reached (Redis down): callers let the request through."""
+
+
 class MemoryRateLimiter:
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
@@ -52,3 +56,23 @@ class MemoryConcurrency:
 
     def count(self, account_id: str) -> int:
         return len(self._inflight.get(account_id, ()))
+
+
+class MemoryLimits:
+    """The Limits port for embedded mode: both limits in this process."""
+
+    def __init__(self) -> None:
+        self.rates = MemoryRateLimiter()
+        self.concurrency = MemoryConcurrency()
+
+    async def hit_all(self, limits: list[tuple[str, int, float]]) -> list[RateDecision]:
+        return self.rates.hit_all(limits)
+
+    async def try_acquire(self, account_id: str, prediction_id: str, limit: int | None) -> bool:
+        return self.concurrency.try_acquire(account_id, prediction_id, limit)
+
+    async def release(self, account_id: str, prediction_id: str) -> None:
+        self.concurrency.release(account_id, prediction_id)
+
+    async def in_flight(self, account_id: str) -> int:
+        return self.concurrency.count(account_id)

@@ -23,8 +23,22 @@ class Executor:
         self._max_attempts = max_attempts
         self._deliveries = deliveries
 
-    async def claim(self, prediction_id: str) -> Prediction | None:
-        """QUEUED -> PROCESSING; None when the prediction is no longer queued (cancelled, or taken)."""
+    async def claim(self, prediction_id: str, *, orphaned: bool = False) -> Prediction | None:
+        """QUEUED -> PROCESSING; None when the prediction is no longer queued (cancelled, or taken).
+
+        ``orphaned``: the prediction may be PROCESSING on a worker that is gone. That run counts as one
+        whose worker died: the prediction is queued again and claimed here if attempts remain, otherwise
+        it fails with UnavailableError (and None is returned)."""
+        claimed = await self._take(prediction_id)
+        if claimed is None and orphaned:
+            current = await self._store.get_prediction(prediction_id)
+            if current is not None and current.status is Status.PROCESSING:
+                _, requeued = await self.record(current, WorkerDied("its worker stopped answering"))
+                if requeued:
+                    claimed = await self._take(prediction_id)
+        return claimed
+
+    async def _take(self, prediction_id: str) -> Prediction | None:
         claimed = await self._store.transition(
             prediction_id,
             Status.PROCESSING,

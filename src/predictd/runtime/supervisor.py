@@ -1,4 +1,5 @@
-"""Embedded mode's worker fleet: for each model, N slots, each owning one warm worker subprocess.
+"""A fleet of worker slots: for each model, N slots, each owning one warm worker subprocess. The API process
+runs one in embedded mode (fed by the in-process queue); each `predictd worker` runs one fed by Redis.
 
 A slot takes a prediction from its model's queue only while its worker is up, so a model whose workers
 cannot start accepts nothing (MODEL_UNAVAILABLE) instead of piling up work no one will run. A worker that
@@ -17,8 +18,8 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import ModelConfig
-from ..dispatch.local import LocalBroker
 from ..domain import ModelInfo
+from ..ports import Job, WorkSource
 from .executor import Executor
 from .process import WorkerDied, WorkerProcess, WorkerStartError
 
@@ -55,12 +56,12 @@ class Slot:
 
 
 class Supervisor:
-    """Runs predictions from a LocalBroker on worker subprocesses; also the deployment's ModelCatalog."""
+    """Runs predictions from a WorkSource on worker subprocesses; also a ModelCatalog of what it runs."""
 
     def __init__(
         self,
         models: Sequence[ModelConfig],
-        broker: LocalBroker,
+        source: WorkSource,
         executor: Executor,
         *,
         start_timeout_s: float,
@@ -69,7 +70,7 @@ class Supervisor:
     ) -> None:
         self._worker_env = worker_env or {}
         self._models = {m.slug: m for m in models}
-        self._broker = broker
+        self._source = source
         self._executor = executor
         self._start_timeout_s = start_timeout_s
         self._cancel_grace_s = cancel_grace_s
@@ -78,7 +79,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._idle = asyncio.Event()
-        broker.on_cancel(self._cancel)
+        source.on_cancel(self._cancel)
 
     # -- ModelCatalog --------------------------------------------------------------------------------------
 
@@ -98,19 +99,7 @@ class Supervisor:
         )
         if not slots:
             detail = "no worker is configured for this model"
-        return ModelInfo(
-            slug=slug,
-            description=config.description,
-            available=available,
-            input_schema=schemas[0] if schemas else None,
-            output_schema=schemas[1] if schemas else None,
-            status_detail=detail,
-            price=config.price,
-            price_unit=config.price_unit,
-            timeout_s=config.timeout_s,
-            use_cases=tuple(config.use_cases),
-            blocked_regions=tuple(config.blocked_regions),
-        )
+        return config.info(available=available, schemas=schemas, status_detail=detail)
 
     def timeout_for(self, slug: str) -> float:
         return self._models[slug].timeout_s
@@ -192,11 +181,11 @@ class Supervisor:
     async def _slot_loop(self, slot: Slot) -> None:
         while not self._closing:
             await self._ensure_worker(slot)
-            prediction_id = await self._broker.take(slot.model.slug)
+            job = await self._source.take(slot.model.slug)
             if self._closing:
-                await self._broker.enqueue(prediction_id, slot.model.slug)
+                await self._source.retry(job)
                 return
-            await self._run_one(slot, prediction_id)
+            await self._run_one(slot, job)
 
     async def _store(self, what: str, prediction_id: str, write: Callable[[], Awaitable[T]]) -> T:
         """Retry a store write until it succeeds. A failure must neither end the slot's loop (its model
@@ -218,9 +207,13 @@ class Supervisor:
                 )
                 await asyncio.sleep(delay)
 
-    async def _run_one(self, slot: Slot, prediction_id: str) -> None:
-        prediction = await self._store("claim", prediction_id, lambda: self._executor.claim(prediction_id))
+    async def _run_one(self, slot: Slot, job: Job) -> None:
+        prediction_id = job.prediction_id
+        prediction = await self._store(
+            "claim", prediction_id, lambda: self._executor.claim(prediction_id, orphaned=job.orphaned)
+        )
         if prediction is None or prediction.input is None:
+            await self._hand_back(job, requeue=False)
             return
         assert slot.worker is not None
         slot.current = prediction_id
@@ -240,8 +233,15 @@ class Supervisor:
         _, requeue = await self._store(
             "record", prediction_id, lambda: self._executor.record(prediction, outcome, info)
         )
-        if requeue:
-            await self._broker.enqueue(prediction_id, slot.model.slug)
+        await self._hand_back(job, requeue)
+
+    async def _hand_back(self, job: Job, requeue: bool) -> None:
+        """Tell the source the job is done with. If that fails (Redis away), the outcome is stored already:
+        the broker's lease or the sweeper brings the job back, and the store refuses a second run."""
+        try:
+            await (self._source.retry(job) if requeue else self._source.finish(job))
+        except Exception as exc:
+            log.warning("could not hand a job back", prediction=job.prediction_id, error=repr(exc))
 
     async def _cancel(self, prediction_id: str) -> None:
         for slots in self._slots.values():

@@ -1,0 +1,74 @@
+"""Every Redis key and channel the scaled-out mode uses, named in one place, and the connection factory.
+
+All keys start with the deployment's prefix, so several deployments (or test runs) can share one Redis.
+Redis is only a dispatcher and a cache of counters: losing all of it loses no accepted work (see
+dispatch/sweeper.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+CONSUMER_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    def stream(self, model: str) -> str:
+        """The queue of one model: one entry per prediction to run."""
+        return f"{self.prefix}:stream:{model}"
+
+    def queued(self, prediction_id: str) -> str:
+        """Present while the prediction has an entry in a stream that no worker has finished."""
+        return f"{self.prefix}:queued:{prediction_id}"
+
+    def running(self, prediction_id: str) -> str:
+        """Present, with the worker lease as its lifetime, while a live worker runs the prediction."""
+        return f"{self.prefix}:running:{prediction_id}"
+
+    def rate(self, key: str) -> str:
+        return f"{self.prefix}:rate:{key}"
+
+    def inflight(self, account_id: str) -> str:
+        return f"{self.prefix}:inflight:{account_id}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker id -> when it last announced itself (epoch seconds)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def worker_info(self) -> str:
+        """Hash: worker id -> its announcement (models, slots, schemas) as JSON."""
+        return f"{self.prefix}:worker-info"
+
+    @property
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}:sweeper-lock"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    def session(self, token_digest: str) -> str:
+        return f"{self.prefix}:session:{token_digest}"
+
+
+def connect(url: str) -> Redis:
+    # No socket timeout: XREADGROUP and pub/sub block on purpose; dead peers are found by keepalive and
+    # health checks, and every loop that uses the connection retries with backoff.
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=15,
+        decode_responses=True,
+    )
