@@ -11,13 +11,17 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
-from predictd.domain import Plan, Prediction, Status, new_id, utcnow
+from predictd.domain import Credits, CreditsRefused, Plan, Prediction, Status, new_id, utcnow
 from predictd.ports import ListQuery
 from predictd.store import SqlStore, open_store
+from predictd.store.migrate import alembic_config
 from predictd.store.schema import metadata
+from predictd.store.sql import make_engine
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -182,6 +186,52 @@ async def test_a_key_lookup_reads_the_accounts_plan_in_the_same_statement(store:
         found = await store.find_key(digit * 64)
         assert found is not None
         assert found[1].plan_details is None
+
+
+async def test_credits_are_the_ledgers_sums_after_every_kind_of_entry(store: SqlStore) -> None:
+    account = await store.create_account("a")
+    assert await store.credits(account.id) == Credits(0, 0)
+    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    await store.add_ledger_entry(account.id, "adjust", -1_500_000, "chargeback")
+    runs = [queued(account.id) for _ in range(4)]
+    for p in runs:
+        await store.insert_prediction(p, reserve_micros=2_000_000)
+    with pytest.raises(CreditsRefused):
+        await store.insert_prediction(queued(account.id), reserve_micros=2_000_000)
+    for p, target in zip(runs, (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED), strict=False):
+        await store.transition(p.id, Status.PROCESSING, count_attempt=True)
+        await store.transition(p.id, target, cost=1.25, completed_at=utcnow())
+    credits = await store.credits(account.id)
+    assert credits == await store.ledger_sums(account.id)
+    assert credits == Credits(balance_micros=10_000_000 - 1_500_000 - 1_250_000, reserved_micros=2_000_000)
+
+
+async def test_the_credits_migration_starts_each_account_from_its_ledger(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
+    old = SqlStore(make_engine(url))
+    async with old.engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0004"))
+        await conn.execute(
+            text(
+                "INSERT INTO accounts (id, name, status, created_at) "
+                "VALUES ('acc_1', 'a', 'active', '2026-01-01')"
+            )
+        )
+        for kind, amount in (("grant", 9), ("charge", 2), ("reserve", 5), ("release", 3), ("adjust", -1)):
+            await conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (account_id, kind, amount_micros, created_at) "
+                    "VALUES ('acc_1', :kind, :amount, '2026-01-01')"
+                ),
+                {"kind": kind, "amount": amount},
+            )
+    await old.close()
+    store = await open_store(url)
+    try:
+        assert await store.credits("acc_1") == Credits(balance_micros=9 - 2 - 1, reserved_micros=5 - 3)
+        assert await store.credits("acc_1") == await store.ledger_sums("acc_1")
+    finally:
+        await store.close()
 
 
 async def test_concurrent_migrations_on_one_database_are_safe(store: SqlStore) -> None:

@@ -90,6 +90,17 @@ ledger_entries = Table(
     Index("ix_ledger_prediction", "prediction_id"),
 )
 
+# The ledger's two sums per account (see ledger_entries), changed in the same transaction as every entry
+# the store writes, so that a prepaid submit reads one row instead of summing the account's whole history.
+# The ledger stays the record: credits_audit() recomputes the sums from it.
+account_credits = Table(
+    "account_credits",
+    metadata,
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("balance_micros", BigInteger, nullable=False),
+    Column("reserved_micros", BigInteger, nullable=False),
+)
+
 security_events = Table(
     "security_events",
     metadata,

@@ -22,6 +22,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -52,6 +54,7 @@ from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
 from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (
     UTCDateTime,
+    account_credits,
     accounts,
     api_keys,
     idempotency_keys,
@@ -77,9 +80,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(
-    url: str, *, sqlite_busy_timeout_ms: int = 5000, postgres_lock_timeout_ms: int = 5000
-) -> AsyncEngine:
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -103,9 +104,6 @@ def make_engine(
         max_overflow=10,
         pool_pre_ping=True,
         hide_parameters=True,  # as above
-        # A write blocked by another transaction's lock (a stuck migration or backup) gives up after this
-        # long and answers INTERNAL_ERROR, rather than holding the request, as SQLite's busy timeout does.
-        connect_args={"server_settings": {"lock_timeout": str(postgres_lock_timeout_ms)}},
     )
 
 
@@ -293,32 +291,75 @@ class SqlStore:
         if kind not in ("grant", "adjust"):
             raise ValueError("only grants and adjustments are entered by hand")
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(ledger_entries).values(
-                    account_id=account_id,
-                    kind=kind,
-                    amount_micros=amount_micros,
-                    prediction_id=None,
-                    note=note,
-                    created_at=utcnow(),
-                )
-            )
+            await self._add_entries(conn, account_id, [(kind, amount_micros, None, note)])
             return await self._credits(conn, account_id)
 
     async def credits(self, account_id: str) -> Credits:
         async with self.engine.connect() as conn:
             return await self._credits(conn, account_id)
 
+    async def ledger_sums(self, account_id: str) -> Credits:
+        """The account's credits summed from its whole ledger: what ``credits`` must always equal."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(_sums(_BALANCE_SIGN), _sums(_RESERVED_SIGN)).where(
+                        ledger_entries.c.account_id == account_id
+                    )
+                )
+            ).one()
+        return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
+
     @staticmethod
     async def _credits(conn: AsyncConnection, account_id: str) -> Credits:
         row = (
             await conn.execute(
-                select(_sums(_BALANCE_SIGN), _sums(_RESERVED_SIGN)).where(
-                    ledger_entries.c.account_id == account_id
+                select(account_credits.c.balance_micros, account_credits.c.reserved_micros).where(
+                    account_credits.c.account_id == account_id
                 )
             )
-        ).one()
+        ).first()
+        if row is None:
+            return Credits(balance_micros=0, reserved_micros=0)
         return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
+
+    def _change_totals(self, account_id: str, balance_micros: int, reserved_micros: int) -> Any:
+        """Add to the account's running sums (creating its row); on PostgreSQL this locks the row."""
+        upsert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = upsert(account_credits).values(
+            account_id=account_id, balance_micros=balance_micros, reserved_micros=reserved_micros
+        )
+        return statement.on_conflict_do_update(
+            index_elements=[account_credits.c.account_id],
+            set_={
+                "balance_micros": account_credits.c.balance_micros + statement.excluded.balance_micros,
+                "reserved_micros": account_credits.c.reserved_micros + statement.excluded.reserved_micros,
+            },
+        )
+
+    async def _add_entries(
+        self, conn: AsyncConnection, account_id: str, entries: list[tuple[str, int, str | None, str | None]]
+    ) -> None:
+        """Append ledger entries (kind, amount, prediction id, note) and move the account's sums with them,
+        in the caller's transaction."""
+        now = utcnow()
+        await conn.execute(
+            insert(ledger_entries),
+            [
+                {
+                    "account_id": account_id,
+                    "kind": kind,
+                    "amount_micros": amount,
+                    "prediction_id": prediction_id,
+                    "note": note,
+                    "created_at": now,
+                }
+                for kind, amount, prediction_id, note in entries
+            ],
+        )
+        balance = sum(amount * _BALANCE_SIGN.get(kind, 0) for kind, amount, _, _ in entries)
+        reserved = sum(amount * _RESERVED_SIGN.get(kind, 0) for kind, amount, _, _ in entries)
+        await conn.execute(self._change_totals(account_id, balance, reserved))
 
     async def ledger(
         self, account_id: str, limit: int = 100, before_id: int | None = None
@@ -334,27 +375,18 @@ class SqlStore:
         ]
 
     async def _reserve(self, conn: AsyncConnection, prediction: Prediction, amount_micros: int) -> None:
-        # Writing the account row first serialises every reservation of this account (a row lock on
-        # PostgreSQL, the database write lock on SQLite), so the check below cannot race another submit.
-        await conn.execute(
-            update(accounts).where(accounts.c.id == prediction.account_id).values(status=accounts.c.status)
-        )
+        # Writing the account's sums row first serialises every change to this account's credits (a row
+        # lock on PostgreSQL, the database write lock on SQLite), so the check below cannot race another
+        # submit, a settlement or a grant.
+        await conn.execute(self._change_totals(prediction.account_id, 0, 0))
         credits = await self._credits(conn, prediction.account_id)
         if credits.balance_micros < 0 or credits.available_micros < amount_micros:
             raise CreditsRefused(credits, amount_micros)
-        await conn.execute(
-            insert(ledger_entries).values(
-                account_id=prediction.account_id,
-                kind="reserve",
-                amount_micros=amount_micros,
-                prediction_id=prediction.id,
-                note=None,
-                created_at=utcnow(),
-            )
+        await self._add_entries(
+            conn, prediction.account_id, [("reserve", amount_micros, prediction.id, None)]
         )
 
-    @staticmethod
-    async def _settle(conn: AsyncConnection, prediction: Prediction) -> None:
+    async def _settle(self, conn: AsyncConnection, prediction: Prediction) -> None:
         """Close the prediction's reservation; charge its cost only if it succeeded."""
         held = (
             await conn.execute(
@@ -363,23 +395,10 @@ class SqlStore:
         ).scalar_one()
         if not held:
             return
-        now = utcnow()
-        entries = [{"kind": "release", "amount_micros": int(held)}]
+        entries: list[tuple[str, int, str | None, str | None]] = [("release", int(held), prediction.id, None)]
         if prediction.status is Status.SUCCEEDED and prediction.cost:
-            entries.append({"kind": "charge", "amount_micros": min(to_micros(prediction.cost), int(held))})
-        await conn.execute(
-            insert(ledger_entries),
-            [
-                {
-                    **e,
-                    "account_id": prediction.account_id,
-                    "prediction_id": prediction.id,
-                    "note": None,
-                    "created_at": now,
-                }
-                for e in entries
-            ],
-        )
+            entries.append(("charge", min(to_micros(prediction.cost), int(held)), prediction.id, None))
+        await self._add_entries(conn, prediction.account_id, entries)
 
     async def record_security_event(self, account_id: str, rule_id: str, field: str, since: datetime) -> int:
         """Record a violation; return how many the account has had since ``since`` (this one included)."""
@@ -890,16 +909,8 @@ def _delivery(row: Row[Any], history: tuple[WebhookAttempt, ...] = ()) -> Webhoo
     )
 
 
-async def open_store(
-    url: str,
-    *,
-    sqlite_busy_timeout_ms: int = 5000,
-    postgres_lock_timeout_ms: int = 5000,
-    migrate: bool = True,
-) -> SqlStore:
-    engine = make_engine(
-        url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms, postgres_lock_timeout_ms=postgres_lock_timeout_ms
-    )
+async def open_store(url: str, *, sqlite_busy_timeout_ms: int = 5000, migrate: bool = True) -> SqlStore:
+    engine = make_engine(url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
     parsed = make_url(url)
     store: SqlStore
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":

@@ -17,6 +17,7 @@ A transaction never spans an ``await``, so no other coroutine can interleave wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -73,11 +74,12 @@ _FIND_KEY = (
     "WHERE k.key_hash = ?"
 )
 _GET_PLAN = f"SELECT {_PLAN_COLUMNS} FROM plans WHERE name = ?"  # noqa: S608 (constants)
-_CREDITS = (
-    "SELECT COALESCE(SUM(CASE kind WHEN 'grant' THEN amount_micros WHEN 'adjust' THEN amount_micros "
-    "WHEN 'charge' THEN -amount_micros ELSE 0 END), 0), "
-    "COALESCE(SUM(CASE kind WHEN 'reserve' THEN amount_micros WHEN 'release' THEN -amount_micros "
-    "ELSE 0 END), 0) FROM ledger_entries WHERE account_id = ?"
+_CREDITS = "SELECT balance_micros, reserved_micros FROM account_credits WHERE account_id = ?"
+_CHANGE_TOTALS = (
+    "INSERT INTO account_credits (account_id, balance_micros, reserved_micros) VALUES (?, ?, ?) "
+    "ON CONFLICT (account_id) DO UPDATE SET "
+    "balance_micros = balance_micros + excluded.balance_micros, "
+    "reserved_micros = reserved_micros + excluded.reserved_micros"
 )
 _HELD = (
     "SELECT COALESCE(SUM(CASE kind WHEN 'reserve' THEN amount_micros WHEN 'release' THEN -amount_micros "
@@ -123,8 +125,14 @@ def _time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_stored_time(text: str) -> datetime:
+    # Cached: a polled prediction, a key and its account are read again and again with the same stamps.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
 def _parse_time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return None if text is None else _parse_stored_time(text)
 
 
 def _bind(column: str, value: Any) -> Any:
@@ -174,8 +182,50 @@ def _plan(row: tuple[Any, ...]) -> Plan:
     )
 
 
-def _prediction_values(prediction: Prediction) -> tuple[Any, ...]:
-    return tuple(_bind(column, getattr(prediction, column)) for column in PREDICTION_COLUMNS)
+def _prediction_values(p: Prediction) -> tuple[Any, ...]:
+    # In PREDICTION_COLUMNS order (checked at import below).
+    return (
+        p.id,
+        p.account_id,
+        p.model,
+        str(p.status),
+        _dumps(p.input),
+        _dumps(p.output),
+        p.error_name,
+        p.error_message,
+        p.source,
+        _time(p.created_at),
+        _time(p.started_at),
+        _time(p.completed_at),
+        p.predict_time,
+        p.attempts,
+        int(bool(p.data_removed)),
+        _dumps(p.extra),
+        p.cost,
+        p.version,
+    )
+
+
+assert PREDICTION_COLUMNS == (
+    "id",
+    "account_id",
+    "model",
+    "status",
+    "input",
+    "output",
+    "error_name",
+    "error_message",
+    "source",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "predict_time",
+    "attempts",
+    "data_removed",
+    "extra",
+    "cost",
+    "version",
+), "sqlite_fast's row mapping follows the predictions table's column order"
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -325,6 +375,7 @@ class SqliteStore(SqlStore):
                     _INSERT_LEDGER,
                     (prediction.account_id, "reserve", reserve_micros, prediction.id, _time(utcnow())),
                 )
+                db.execute(_CHANGE_TOTALS, (prediction.account_id, 0, reserve_micros))
             if idempotency is not None:
                 # First, so that of two concurrent identical submits only one creates a prediction.
                 try:
@@ -413,8 +464,11 @@ _SETTABLE = frozenset(PREDICTION_COLUMNS) - {"id", "status", "version"}
 
 
 def _credits(db: sqlite3.Connection, account_id: str) -> Credits:
-    balance, reserved = db.execute(_CREDITS, (account_id,)).fetchone()
-    return Credits(balance_micros=int(balance), reserved_micros=int(reserved))
+    """The account's running sums (SqlStore._add_entries keeps them with every ledger entry)."""
+    row = db.execute(_CREDITS, (account_id,)).fetchone()
+    if row is None:
+        return Credits(balance_micros=0, reserved_micros=0)
+    return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
 
 
 def _settle(db: sqlite3.Connection, prediction: Prediction) -> None:
@@ -423,13 +477,15 @@ def _settle(db: sqlite3.Connection, prediction: Prediction) -> None:
     if not held:
         return
     now = _time(utcnow())
-    entries: list[tuple[str, int]] = [("release", held)]
+    charge = 0
     if prediction.status is Status.SUCCEEDED and prediction.cost:
-        entries.append(("charge", min(to_micros(prediction.cost), held)))
+        charge = min(to_micros(prediction.cost), held)
+    entries: list[tuple[str, int]] = [("release", held)] + ([("charge", charge)] if charge else [])
     db.executemany(
         _INSERT_LEDGER,
         [(prediction.account_id, kind, amount, prediction.id, now) for kind, amount in entries],
     )
+    db.execute(_CHANGE_TOTALS, (prediction.account_id, -charge, -held))
 
 
 def _delivery_values(d: NewDelivery) -> tuple[Any, ...]:
