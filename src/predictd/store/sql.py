@@ -80,7 +80,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
+def make_engine(
+    url: str, *, sqlite_busy_timeout_ms: int = 5000, postgres_lock_timeout_ms: int = 5000
+) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -104,6 +106,9 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000) -> AsyncEngine:
         max_overflow=10,
         pool_pre_ping=True,
         hide_parameters=True,  # as above
+        # A write blocked by another transaction's lock (a stuck migration or backup) gives up after this
+        # long and answers INTERNAL_ERROR, rather than holding the request, as SQLite's busy timeout does.
+        connect_args={"server_settings": {"lock_timeout": str(postgres_lock_timeout_ms)}},
     )
 
 
@@ -909,8 +914,16 @@ def _delivery(row: Row[Any], history: tuple[WebhookAttempt, ...] = ()) -> Webhoo
     )
 
 
-async def open_store(url: str, *, sqlite_busy_timeout_ms: int = 5000, migrate: bool = True) -> SqlStore:
-    engine = make_engine(url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
+async def open_store(
+    url: str,
+    *,
+    sqlite_busy_timeout_ms: int = 5000,
+    postgres_lock_timeout_ms: int = 5000,
+    migrate: bool = True,
+) -> SqlStore:
+    engine = make_engine(
+        url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms, postgres_lock_timeout_ms=postgres_lock_timeout_ms
+    )
     parsed = make_url(url)
     store: SqlStore
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
