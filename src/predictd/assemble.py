@@ -1,4 +1,5 @@
-"""The composition root: builds the parts a deployment mode needs and wires them together."""
+"""The composition root: builds the parts a deployment needs and wires them together. Embedded mode is
+assembled here; the scaled-out processes (an API process, a worker) in scaled.py, from the same parts."""
 
 from __future__ import annotations
 
@@ -7,24 +8,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import start_http_server
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from .config import ModelConfig, Settings
 from .dispatch.local import LocalBroker, LocalNotifier
-from .dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
-from .dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
-from .dispatch.sweeper import Sweeper
-from .domain import Plan, Prediction, utcnow
-from .limits.redis import RedisLimits
+from .domain import Plan, utcnow
 from .media import MediaLimits
 from .metrics import Metrics
 from .outputs import LocalOutputs
 from .ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
-from .redis_keys import RedisKeys, connect
 from .runtime.executor import Executor
 from .runtime.pipeline import CONFIG_ENV, WorkerConfig
 from .runtime.supervisor import Supervisor
@@ -33,6 +27,11 @@ from .safety.text import TextModerator, TextPolicy
 from .service import Policy, Service
 from .store import SqlStore, open_store
 from .webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
+
+if TYPE_CHECKING:  # Redis is imported by scaled-out processes only
+    from redis.asyncio import Redis
+
+    from .redis_keys import RedisKeys
 
 log = structlog.get_logger("predictd")
 
@@ -64,7 +63,7 @@ class Deployment:
                 log.exception("error while stopping", step=getattr(closer, "__qualname__", repr(closer)))
 
 
-def _watch_model(
+def watch_model(
     metrics: Metrics, catalog: ModelCatalog, slug: str, depth: Callable[[], int] | None = None
 ) -> None:
     def available() -> float:
@@ -121,7 +120,7 @@ def text_moderator(settings: Settings) -> TextModerator:
     )
 
 
-async def _expire_data(outputs: LocalOutputs, store: SqlStore, settings: Settings) -> None:
+async def expire_data(outputs: LocalOutputs, store: SqlStore, settings: Settings) -> None:
     """Expire output files and idempotency keys past their lifetimes."""
     while True:
         try:
@@ -150,7 +149,7 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
     )
 
 
-async def _open_store(settings: Settings) -> SqlStore:
+async def open_deployment_store(settings: Settings) -> SqlStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return await open_store(
         settings.resolved_database_url,
@@ -159,7 +158,7 @@ async def _open_store(settings: Settings) -> SqlStore:
     )
 
 
-def _service(
+def build_service(
     settings: Settings,
     store: SqlStore,
     broker: Broker,
@@ -185,7 +184,7 @@ def _service(
     )
 
 
-def _supervisor(
+def build_supervisor(
     settings: Settings,
     models: list[ModelConfig],
     source: WorkSource,
@@ -202,7 +201,7 @@ def _supervisor(
     )
 
 
-def _webhooks(notifier: Notifier, store: SqlStore, settings: Settings) -> Dispatcher:
+def webhook_dispatcher(notifier: Notifier, store: SqlStore, settings: Settings) -> Dispatcher:
     dispatcher = Dispatcher(store, delivery_config(settings))
     notifier.add_listener(lambda prediction: dispatcher.wake() if "webhook" in prediction.extra else None)
     return dispatcher
@@ -211,19 +210,19 @@ def _webhooks(notifier: Notifier, store: SqlStore, settings: Settings) -> Dispat
 async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
     """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses.
     ``renderers`` turn a prediction into each surface's webhook payload (given by the HTTP layer)."""
-    store = await _open_store(settings)
+    store = await open_deployment_store(settings)
     outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
     broker = LocalBroker()
     notifier = LocalNotifier()
     notifier.add_listener(metrics.observe_prediction)
     planner = Planner(renderers)
-    dispatcher = _webhooks(notifier, store, settings)
+    dispatcher = webhook_dispatcher(notifier, store, settings)
     executor = Executor(store, notifier, settings.max_attempts, planner)
     models = settings.all_models
-    supervisor = _supervisor(settings, models, broker, executor, outputs)
+    supervisor = build_supervisor(settings, models, broker, executor, outputs)
     for model in models:
-        _watch_model(metrics, supervisor, model.slug, partial(broker.depth, model.slug))
-    service = _service(settings, store, broker, notifier, supervisor, outputs, planner)
+        watch_model(metrics, supervisor, model.slug, partial(broker.depth, model.slug))
+    service = build_service(settings, store, broker, notifier, supervisor, outputs, planner)
     try:
         await supervisor.start()
         await service.recover()
@@ -233,148 +232,6 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
         raise
     deployment = Deployment(settings, store, service, metrics, outputs)
     deployment.closers += [store.close, partial(supervisor.close, settings.shutdown_grace_s)]
-    deployment.tasks.append(asyncio.create_task(_expire_data(outputs, store, settings), name="expire"))
+    deployment.tasks.append(asyncio.create_task(expire_data(outputs, store, settings), name="expire"))
     deployment.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="webhooks"))
     return deployment
-
-
-def _redis(settings: Settings) -> tuple[Redis, RedisKeys]:
-    assert settings.redis_url is not None
-    return connect(settings.redis_url), RedisKeys(settings.redis_prefix)
-
-
-async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
-    """A stateless API process of a scaled-out deployment: state in the SQL store (PostgreSQL), dispatch,
-    limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
-    store = await _open_store(settings)
-    redis, keys = _redis(settings)
-    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
-    broker = RedisBroker(redis, keys)
-    notifier = RedisNotifier(redis, keys, store)
-    notifier.add_listener(metrics.observe_prediction)
-    planner = Planner(renderers)
-    dispatcher = _webhooks(notifier, store, settings)
-    catalog = RedisCatalog(redis, keys, settings.all_models, settings.worker_lease_s)
-    limits = RedisLimits(redis, keys)
-    for model in settings.all_models:
-        _watch_model(metrics, catalog, model.slug)
-    service = _service(settings, store, broker, notifier, catalog, outputs, planner, limits)
-    sweeper = Sweeper(
-        redis,
-        keys,
-        store,
-        broker,
-        catalog,
-        limits,
-        notifier,
-        planner,
-        interval_s=settings.sweep_interval_s,
-        lease_s=settings.worker_lease_s,
-    )
-    try:
-        await catalog.refresh()
-    except (RedisError, OSError) as exc:
-        log.warning("Redis unreachable at start; serving from the store until it is back", error=repr(exc))
-    notifier.start()
-    deployment = Deployment(settings, store, service, metrics, outputs)
-    deployment.live_workers = lambda: len(catalog.workers)
-    deployment.redis = (redis, keys)
-    deployment.closers += [store.close, redis.aclose, notifier.close]
-    deployment.tasks += [
-        asyncio.create_task(catalog.run_forever(), name="catalog"),
-        asyncio.create_task(sweeper.run_forever(), name="sweeper"),
-        asyncio.create_task(_expire_data(outputs, store, settings), name="expire"),
-        asyncio.create_task(dispatcher.run_forever(), name="webhooks"),
-    ]
-    return deployment
-
-
-@dataclass
-class WorkerNode:
-    """A `predictd worker`: runs the models it was given on predictions taken from Redis."""
-
-    supervisor: Supervisor
-    announcer: WorkerAnnouncer
-    stop: Callable[[], Awaitable[None]]
-
-
-async def start_worker(
-    settings: Settings, renderers: dict[str, Renderer], only: list[str] | None = None
-) -> WorkerNode:
-    known = {m.slug: m for m in settings.all_models}
-    unknown = sorted(set(only or ()) - set(known))
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; configured: {sorted(known)}")
-    models = [known[slug] for slug in only] if only else list(known.values())
-    store = await _open_store(settings)
-    redis, keys = _redis(settings)
-    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
-    notifier = RedisNotifier(redis, keys, store)
-    metrics = Metrics()
-    notifier.add_listener(metrics.observe_prediction)
-    if settings.worker_metrics_port is not None:
-        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
-    limits = RedisLimits(redis, keys)
-    # Concurrency counts are released where a prediction ends, which is mostly here.
-    notifier.add_listener(lambda p: _release_in_background(limits, p) if p.terminal else None)
-    planner = Planner(renderers)
-    dispatcher = _webhooks(notifier, store, settings)
-    executor = Executor(store, notifier, settings.max_attempts, planner)
-    worker_id = worker_identity()
-    slots = {m.slug: m.workers for m in models}
-    source = RedisWorkSource(
-        redis,
-        keys,
-        [m.slug for m in models],
-        consumer=worker_id,
-        lease_s=settings.worker_lease_s,
-        slots=slots,
-    )
-    supervisor = _supervisor(settings, models, source, executor, outputs)
-    for model in models:
-        _watch_model(metrics, supervisor, model.slug)
-    announcer = WorkerAnnouncer(
-        redis,
-        keys,
-        worker_id,
-        lambda: announcement(worker_id, supervisor.list(), slots),
-        settings.worker_lease_s,
-    )
-    await source.start()
-    await supervisor.start()
-    tasks = [
-        asyncio.create_task(announcer.run_forever(), name="announce"),
-        asyncio.create_task(dispatcher.run_forever(), name="webhooks"),
-    ]
-    log.info(
-        "predictd worker up", worker=worker_id, models=[m.slug for m in supervisor.list() if m.available]
-    )
-
-    async def stop() -> None:
-        # Stop announcing before withdrawing, so that no late announcement brings this worker back.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await announcer.withdraw()
-        await supervisor.close(settings.shutdown_grace_s)
-        await source.close()
-        await notifier.close()
-        await redis.aclose()
-        await store.close()
-
-    return WorkerNode(supervisor, announcer, stop)
-
-
-_RELEASES: set[asyncio.Task[None]] = set()
-
-
-def _release_in_background(limits: Limits, prediction: Prediction) -> None:
-    async def release() -> None:
-        try:
-            await limits.release(prediction.account_id, prediction.id)
-        except Exception as exc:  # the sweeper frees it later
-            log.warning("could not release an in-flight count", prediction=prediction.id, error=repr(exc))
-
-    task = asyncio.get_running_loop().create_task(release())
-    _RELEASES.add(task)
-    task.add_done_callback(_RELEASES.discard)

@@ -181,7 +181,7 @@ def worker(
 async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any) -> None:
     import signal
 
-    from .assemble import start_worker
+    from .scaled import start_worker
 
     node = await start_worker(settings, renderers, only)
     stopping = asyncio.Event()

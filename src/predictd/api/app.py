@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..assemble import Deployment, start_api, start_embedded
+from ..assemble import Deployment, start_embedded
 from ..config import Settings
 from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
@@ -93,8 +93,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        start = start_api if settings.scaled_out else start_embedded
-        deployment: Deployment = await start(settings, metrics, WEBHOOK_RENDERERS)
+        if settings.scaled_out:
+            from ..scaled import start_api  # Redis and its clients load only in scaled-out processes
+
+            deployment: Deployment = await start_api(settings, metrics, WEBHOOK_RENDERERS)
+        else:
+            deployment = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
         app.state.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
         try:

@@ -15,16 +15,19 @@ import hashlib
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
-from redis.asyncio import Redis
 from starlette.requests import Request
 
 from ..domain import Principal
 from ..errors import ApiError, ErrorId
-from ..redis_keys import RedisKeys
 from .state import deployment_of, service_of
+
+if TYPE_CHECKING:  # only scaled-out deployments keep sessions in Redis
+    from redis.asyncio import Redis
+
+    from ..redis_keys import RedisKeys
 
 COOKIE_NAME = "predictd_console"
 SESSION_TTL_S = 12 * 3600.0

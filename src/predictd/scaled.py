@@ -1,0 +1,180 @@
+"""The scaled-out processes: a stateless API process (`predictd serve --redis`) and a `predictd worker`,
+assembled from the same parts as embedded mode (assemble.py) with PostgreSQL state and Redis dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .assemble import (
+    Deployment,
+    build_service,
+    build_supervisor,
+    expire_data,
+    open_deployment_store,
+    watch_model,
+    webhook_dispatcher,
+)
+from .config import Settings
+from .dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
+from .dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
+from .dispatch.sweeper import Sweeper
+from .domain import Prediction
+from .limits.redis import RedisLimits
+from .metrics import Metrics
+from .outputs import LocalOutputs
+from .ports import Limits
+from .redis_keys import RedisKeys, connect
+from .runtime.executor import Executor
+from .runtime.supervisor import Supervisor
+from .webhooks import Planner, Renderer
+
+log = structlog.get_logger("predictd")
+
+
+def _redis(settings: Settings) -> tuple[Redis, RedisKeys]:
+    assert settings.redis_url is not None
+    return connect(settings.redis_url), RedisKeys(settings.redis_prefix)
+
+
+async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
+    """A stateless API process of a scaled-out deployment: state in the SQL store (PostgreSQL), dispatch,
+    limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
+    store = await open_deployment_store(settings)
+    redis, keys = _redis(settings)
+    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
+    broker = RedisBroker(redis, keys)
+    notifier = RedisNotifier(redis, keys, store)
+    notifier.add_listener(metrics.observe_prediction)
+    planner = Planner(renderers)
+    dispatcher = webhook_dispatcher(notifier, store, settings)
+    catalog = RedisCatalog(redis, keys, settings.all_models, settings.worker_lease_s)
+    limits = RedisLimits(redis, keys)
+    for model in settings.all_models:
+        watch_model(metrics, catalog, model.slug)
+    service = build_service(settings, store, broker, notifier, catalog, outputs, planner, limits)
+    sweeper = Sweeper(
+        redis,
+        keys,
+        store,
+        broker,
+        catalog,
+        limits,
+        notifier,
+        planner,
+        interval_s=settings.sweep_interval_s,
+        lease_s=settings.worker_lease_s,
+    )
+    try:
+        await catalog.refresh()
+    except (RedisError, OSError) as exc:
+        log.warning("Redis unreachable at start; serving from the store until it is back", error=repr(exc))
+    notifier.start()
+    deployment = Deployment(settings, store, service, metrics, outputs)
+    deployment.live_workers = lambda: len(catalog.workers)
+    deployment.redis = (redis, keys)
+    deployment.closers += [store.close, redis.aclose, notifier.close]
+    deployment.tasks += [
+        asyncio.create_task(catalog.run_forever(), name="catalog"),
+        asyncio.create_task(sweeper.run_forever(), name="sweeper"),
+        asyncio.create_task(expire_data(outputs, store, settings), name="expire"),
+        asyncio.create_task(dispatcher.run_forever(), name="webhooks"),
+    ]
+    return deployment
+
+
+@dataclass
+class WorkerNode:
+    """A `predictd worker`: runs the models it was given on predictions taken from Redis."""
+
+    supervisor: Supervisor
+    announcer: WorkerAnnouncer
+    stop: Callable[[], Awaitable[None]]
+
+
+async def start_worker(
+    settings: Settings, renderers: dict[str, Renderer], only: list[str] | None = None
+) -> WorkerNode:
+    known = {m.slug: m for m in settings.all_models}
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; configured: {sorted(known)}")
+    models = [known[slug] for slug in only] if only else list(known.values())
+    store = await open_deployment_store(settings)
+    redis, keys = _redis(settings)
+    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
+    notifier = RedisNotifier(redis, keys, store)
+    metrics = Metrics()
+    notifier.add_listener(metrics.observe_prediction)
+    if settings.worker_metrics_port is not None:
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
+    limits = RedisLimits(redis, keys)
+    # Concurrency counts are released where a prediction ends, which is mostly here.
+    notifier.add_listener(lambda p: _release_in_background(limits, p) if p.terminal else None)
+    planner = Planner(renderers)
+    dispatcher = webhook_dispatcher(notifier, store, settings)
+    executor = Executor(store, notifier, settings.max_attempts, planner)
+    worker_id = worker_identity()
+    slots = {m.slug: m.workers for m in models}
+    source = RedisWorkSource(
+        redis,
+        keys,
+        [m.slug for m in models],
+        consumer=worker_id,
+        lease_s=settings.worker_lease_s,
+        slots=slots,
+    )
+    supervisor = build_supervisor(settings, models, source, executor, outputs)
+    for model in models:
+        watch_model(metrics, supervisor, model.slug)
+    announcer = WorkerAnnouncer(
+        redis,
+        keys,
+        worker_id,
+        lambda: announcement(worker_id, supervisor.list(), slots),
+        settings.worker_lease_s,
+    )
+    await source.start()
+    await supervisor.start()
+    tasks = [
+        asyncio.create_task(announcer.run_forever(), name="announce"),
+        asyncio.create_task(dispatcher.run_forever(), name="webhooks"),
+    ]
+    log.info(
+        "predictd worker up", worker=worker_id, models=[m.slug for m in supervisor.list() if m.available]
+    )
+
+    async def stop() -> None:
+        # Stop announcing before withdrawing, so that no late announcement brings this worker back.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await announcer.withdraw()
+        await supervisor.close(settings.shutdown_grace_s)
+        await source.close()
+        await notifier.close()
+        await redis.aclose()
+        await store.close()
+
+    return WorkerNode(supervisor, announcer, stop)
+
+
+_RELEASES: set[asyncio.Task[None]] = set()
+
+
+def _release_in_background(limits: Limits, prediction: Prediction) -> None:
+    async def release() -> None:
+        try:
+            await limits.release(prediction.account_id, prediction.id)
+        except Exception as exc:  # the sweeper frees it later
+            log.warning("could not release an in-flight count", prediction=prediction.id, error=repr(exc))
+
+    task = asyncio.get_running_loop().create_task(release())
+    _RELEASES.add(task)
+    task.add_done_callback(_RELEASES.discard)
