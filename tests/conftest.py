@@ -142,6 +142,8 @@ class Server:
     owned_database: str | None = None
     redis_prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
     with_worker: bool = True  # scaled: start a `predictd worker` with the API process
+    companions: list[Server] = field(default_factory=list)  # more API processes, destroyed with this one
+    owns_prefix: bool = True  # a companion shares its deployment's Redis keys: the deployment drops them
 
     def __post_init__(self) -> None:
         if self.scaled:
@@ -344,23 +346,28 @@ class Server:
         workdir = self.workdir / f"api-{uuid.uuid4().hex[:6]}"
         workdir.mkdir()
         env = {**self.env, "PREDICTD_DATA_DIR": str(self.data_dir)}
-        return Server(
+        companion = Server(
             workdir=workdir,
             config=self.config,
             env=env,
             backend=self.backend,
             redis_prefix=self.redis_prefix,
             with_worker=False,
-        ).start()
+            owns_prefix=False,
+        )
+        self.companions.append(companion)  # stopped by destroy(), even if the test fails first
+        return companion.start()
 
     def destroy(self) -> None:
         """Stop everything and drop what the scaled backend made (its database and Redis keys)."""
+        for companion in self.companions:
+            companion.destroy()
         self.stop()
         self.kill_all()
         if self.owned_database is not None:
             drop_pg_database(self.owned_database)
             self.owned_database = None
-        if self.scaled:
+        if self.scaled and self.owns_prefix:
             run_sync(_forget_redis_prefix(self.env["PREDICTD_REDIS_URL"], self.redis_prefix))
 
     def key(self, account: str | None = None) -> str:
