@@ -270,3 +270,15 @@ async def test_listing_by_status_and_usage_per_utc_day(store: SqlStore) -> None:
         (yesterday_late.date(), 2, 1.0),
         (today.date(), 3, 2.5),  # only succeeded predictions consume credits
     ]
+
+
+async def test_first_reads_of_the_webhook_secret_at_once_never_invalidate_a_secret_handed_out(
+    store: SqlStore,
+) -> None:
+    # A webhook being signed while the account reads its secret: every secret either caller got must still
+    # sign and verify afterwards (a receiver configured with it keeps accepting deliveries).
+    account = await store.create_account("hooks")
+    first_reads = await asyncio.gather(*(store.webhook_secrets(account.id) for _ in range(8)))
+    valid = set(await store.webhook_secrets(account.id))
+    assert valid
+    assert {secret for secrets in first_reads for secret in secrets} <= valid

@@ -731,7 +731,23 @@ class SqlStore:
             found = [r.secret for r in (await conn.execute(query)).all()]
         if found:
             return found
-        return [await self.rotate_webhook_secret(account_id, grace_s=0)]
+        # The first secret is added, never rotated in: two first reads at once (a webhook being signed
+        # while the account asks for its secret) each add one and both stay valid, whereas a rotation
+        # would expire the secret the other reader has already handed out.
+        from ..webhooks import new_secret
+
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(webhook_secrets).values(
+                    id=new_id("whs_"),
+                    account_id=account_id,
+                    secret=new_secret(),
+                    created_at=now,
+                    expires_at=None,
+                )
+            )
+        async with self.engine.connect() as conn:
+            return [r.secret for r in (await conn.execute(query)).all()]
 
     async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str:
         """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
