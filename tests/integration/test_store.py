@@ -4,6 +4,7 @@ tenant isolation and listing."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -282,3 +283,51 @@ async def test_first_reads_of_the_webhook_secret_at_once_never_invalidate_a_secr
     valid = set(await store.webhook_secrets(account.id))
     assert valid
     assert {secret for secrets in first_reads for secret in secrets} <= valid
+
+
+async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_path: Path) -> None:
+    """The SQLite store answers repeated key and prediction reads from memory; a change made through
+    it, through its SQLAlchemy side, or by another connection (another process) is seen at once."""
+    alice = await store.create_account("alice")
+    bob = await store.create_account("bob")
+    await store.create_key(alice.id, "a" * 64, "pd_alice", "ci")
+    p = queued(alice.id)
+    await store.insert_prediction(p)
+    for _ in range(2):  # the second read may come from memory
+        first = await store.get_prediction(p.id, alice.id)
+        assert first is not None
+        assert first.status is Status.QUEUED
+        assert await store.get_prediction(p.id, bob.id) is None
+        found = await store.find_key("a" * 64)
+        assert found is not None
+        assert found[1].status.value == "active"
+
+    claimed = await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    assert claimed is not None
+    now = await store.get_prediction(p.id, alice.id)
+    assert now is not None
+    assert (now.status, now.attempts) == (Status.PROCESSING, 1)
+
+    if store.engine.dialect.name == "sqlite":
+        other = sqlite3.connect(tmp_path / "store.sqlite3", isolation_level=None)
+        other.execute("UPDATE predictions SET status = 'failed', version = version + 1 WHERE id = ?", (p.id,))
+        other.execute("UPDATE accounts SET status = 'suspended' WHERE id = ?", (alice.id,))
+        other.close()
+    else:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("UPDATE predictions SET status = 'failed' WHERE id = :id"), {"id": p.id})
+            await conn.execute(
+                text("UPDATE accounts SET status = 'suspended' WHERE id = :id"), {"id": alice.id}
+            )
+    changed = await store.get_prediction(p.id, alice.id)
+    assert changed is not None
+    assert changed.status is Status.FAILED
+    found = await store.find_key("a" * 64)
+    assert found is not None
+    assert found[1].status.value == "suspended"
+
+    removed = await store.remove_data(p.id, alice.id)  # through SQLAlchemy's connection
+    assert removed is not None
+    after = await store.get_prediction(p.id, alice.id)
+    assert after is not None
+    assert (after.input, after.data_removed) == (None, True)

@@ -24,7 +24,7 @@ from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
-from .responses import JSONResponse, base_url_of, retry_headers
+from .responses import JSONResponse, RenderedBodies, RenderedJSON, base_url_of, retry_headers
 from .state import deployment_of, request_id_of, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
@@ -137,6 +137,9 @@ def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
             "delete": f"{url}/delete",
         },
     }
+
+
+_STATUS_BODIES = RenderedBodies(prediction_body)
 
 
 def model_body(info: ModelInfo, fields: frozenset[str]) -> dict[str, Any]:
@@ -382,9 +385,9 @@ async def list_predictions(request: Request, principal: Principal = Depends(auth
 )
 async def get_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
-) -> JSONResponse:
+) -> RenderedJSON:
     prediction = await service_of(request).get(principal, prediction_id)
-    return JSONResponse(prediction_body(prediction, base_url_of(request)))
+    return RenderedJSON(_STATUS_BODIES.json(prediction, base_url_of(request)))
 
 
 @router.post(

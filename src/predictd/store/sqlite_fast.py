@@ -7,6 +7,9 @@ against 19 us). So these methods talk to sqlite3 directly, with the same SQL sem
 (one transaction per state change, the state-machine guard in the UPDATE, settlement and the webhook outbox
 in the same transaction); everything else (administration, listing, webhooks) stays on SQLAlchemy.
 
+Reads of keys and predictions are served from memory while they are provably current (see ``_Recent``):
+the hottest request, a status read, then costs no SQL but one ``PRAGMA data_version``.
+
 Nothing here ever blocks the event loop on a lock: the connection's busy timeout is 0 and a write that
 finds the database locked (another process, such as ``predictd keys revoke``, or one of SQLAlchemy's own
 connections) waits with ``asyncio.sleep`` and tries again, up to the configured busy timeout. Reads never
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,6 +52,8 @@ from .sql import SqlStore
 
 T = TypeVar("T")
 
+# Rows kept by _Recent, per kind; past it the oldest half is dropped.
+RECENT_MAX_ROWS = 8192
 # Write transactions between two checkpoints run off the event loop (SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 500
 _BUSY_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -55,7 +61,6 @@ _BUSY_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 PREDICTION_COLUMNS: tuple[str, ...] = tuple(c.name for c in predictions.columns)
 _SELECT_PREDICTION = f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions"  # noqa: S608 (constants)
 _GET_PREDICTION = f"{_SELECT_PREDICTION} WHERE id = ?"
-_GET_OWN_PREDICTION = f"{_SELECT_PREDICTION} WHERE id = ? AND account_id = ?"
 _RETURNING = f" RETURNING {', '.join(PREDICTION_COLUMNS)}"
 _JSON_COLUMNS = frozenset({"input", "output", "extra"})
 _TIME_COLUMNS = frozenset({"created_at", "started_at", "completed_at"})
@@ -235,6 +240,32 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+class _Recent(Generic[T]):
+    """Rows this connection read or wrote, reused while nothing can have changed them.
+
+    Valid because every change reaches SQLite in one of two ways. Through this connection: each write here
+    updates or drops the rows it touched. Through any other connection (SQLAlchemy's, another process such
+    as ``predictd keys revoke``): SQLite's ``PRAGMA data_version`` changes, and then everything is dropped.
+    The values are immutable in practice (frozen dataclasses; a Prediction is replaced, never mutated).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, T] = {}
+
+    def get(self, key: str) -> T | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: T) -> None:
+        rows = self.rows
+        if len(rows) >= RECENT_MAX_ROWS and key not in rows:
+            for old in list(itertools.islice(rows, RECENT_MAX_ROWS // 2)):
+                del rows[old]
+        rows[key] = row
+
+    def drop(self, key: str) -> None:
+        self.rows.pop(key, None)
+
+
 class SqliteStore(SqlStore):
     """``SqlStore`` on a SQLite file, with the per-prediction statements on a local connection."""
 
@@ -246,6 +277,9 @@ class SqliteStore(SqlStore):
         self._writes_since_checkpoint = 0
         self._checkpointing = False
         self._transition_sql: dict[tuple[Status, bool, tuple[str, ...]], str] = {}
+        self._keys: _Recent[tuple[ApiKey, Account]] = _Recent()
+        self._predictions: _Recent[Prediction] = _Recent()
+        self._data_version: int | None = None
 
     # -- the connection ------------------------------------------------------------------------------------
 
@@ -267,6 +301,14 @@ class SqliteStore(SqlStore):
             self._db.close()
             self._db = None
         await super().close()
+
+    def _recent_valid(self, db: sqlite3.Connection) -> None:
+        """Drop every remembered row if another connection has committed since the last check."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._keys.rows.clear()
+            self._predictions.rows.clear()
+            self._data_version = version
 
     async def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         return await self._retrying(action, write=False)
@@ -326,6 +368,15 @@ class SqliteStore(SqlStore):
     # -- keys, plans, credits ------------------------------------------------------------------------------
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
+        self._recent_valid(self.db)
+        found = self._keys.get(key_hash)
+        if found is None:
+            found = await self._find_key(key_hash)
+            if found is not None:  # unknown keys are not remembered: guessing must not fill memory
+                self._keys.put(key_hash, found)
+        return found
+
+    async def _find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
         row = await self._read(lambda db: db.execute(_FIND_KEY, (key_hash,)).fetchone())
         if row is None:
             return None
@@ -393,15 +444,20 @@ class SqliteStore(SqlStore):
                     raise IdempotencyKeyTaken(idempotency.key) from None
             db.execute(_INSERT_PREDICTION, _prediction_values(prediction))
 
+        self._predictions.drop(prediction.id)
         await self._write(insert)
 
     async def get_prediction(self, prediction_id: str, account_id: str | None = None) -> Prediction | None:
-        if account_id is None:
+        self._recent_valid(self.db)
+        found = self._predictions.get(prediction_id)
+        if found is None:
             row = await self._read(lambda db: db.execute(_GET_PREDICTION, (prediction_id,)).fetchone())
-        else:
-            params = (prediction_id, account_id)
-            row = await self._read(lambda db: db.execute(_GET_OWN_PREDICTION, params).fetchone())
-        return _prediction(row) if row else None
+            if row is None:
+                return None
+            found = _prediction(row)
+            self._predictions.put(prediction_id, found)
+        # Another account's prediction is answered exactly like a missing one.
+        return found if account_id is None or found.account_id == account_id else None
 
     def _transition_statement(self, target: Status, count_attempt: bool, columns: tuple[str, ...]) -> str:
         key = (target, count_attempt, columns)
@@ -437,6 +493,7 @@ class SqliteStore(SqlStore):
         params = (target.value, *(_bind(c, changes[c]) for c in columns), prediction_id)
 
         def move(db: sqlite3.Connection) -> Prediction | None:
+            self._predictions.drop(prediction_id)  # whatever happens next, the row is read anew
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return None
@@ -449,7 +506,10 @@ class SqliteStore(SqlStore):
                     db.executemany(_INSERT_DELIVERY, [_delivery_values(d) for d in planned])
             return moved
 
-        return await self._write(move)
+        moved = await self._write(move)
+        if moved is not None:
+            self._predictions.put(prediction_id, moved)
+        return moved
 
     # -- idempotency ---------------------------------------------------------------------------------------
 
