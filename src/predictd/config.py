@@ -25,6 +25,7 @@ BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
         "slug": "echo",
         "ref": "predictd.models.echo:Echo",
         "workers": 1,
+        "prefetch": 16,  # it answers in microseconds: keep its worker fed while the API process is busy
         "description": "Returns its text input unchanged: a no-op model for tests and benchmarks.",
     },
     {
@@ -92,6 +93,15 @@ class ModelConfig(BaseModel):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
     ref: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
     workers: int = Field(default=1, ge=0, le=64)
+    prefetch: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Predictions a busy slot may send ahead to its worker while more are queued than idle "
+        "slots (embedded mode): the worker starts each without waiting for the API process. Raise it for "
+        "models that take milliseconds; 0 for long ones of very uneven length, so that none waits behind "
+        "another while a slot is idle.",
+    )
     timeout_s: float = Field(default=600.0, gt=0)
     description: str = ""
     price: float = Field(

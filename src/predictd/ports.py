@@ -150,6 +150,16 @@ class WorkSource(Protocol):
     """The consuming side of a Broker: what worker slots take predictions from."""
 
     async def take(self, model: str) -> Job: ...
+    def take_ready(self, model: str) -> Job | None:
+        """A job for the model that can be handed out at once, or None: what a busy worker slot sends ahead
+        to its worker (see runtime/supervisor.py). A source that cannot tell without a round trip, or whose
+        jobs must not wait behind another in one worker, always answers None."""
+        ...
+
+    def backlog(self, model: str) -> int:
+        """Jobs queued for the model as far as this process knows without asking anyone (0: unknown)."""
+        ...
+
     async def finish(self, job: Job) -> None:
         """The job's outcome is stored (or it needs no run): the broker may forget it."""
         ...

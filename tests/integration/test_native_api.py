@@ -364,6 +364,39 @@ def test_cancel_a_queued_prediction_means_it_never_runs(server: Server) -> None:
         assert after["started_at"] is None
 
 
+ONE_SLEEP_SLOT_SENDING_AHEAD = """builtin_models = ["sleep"]
+
+[[models]]
+slug = "sleep"
+ref = "predictd.models.sleep:Sleep"
+workers = 1
+prefetch = 2
+"""
+
+
+def test_a_prediction_sent_ahead_to_a_busy_worker_and_cancelled_never_runs(make_server: Any) -> None:
+    """With a backlog, the slot sends the next predictions ahead to its worker; cancelling one of those
+    stops exactly that one (not the one running, not the one after it) before it ever runs."""
+    server = make_server(ONE_SLEEP_SLOT_SENDING_AHEAD)
+    with server.client(server.key()) as client:
+        first = submit(client, "sleep", {"ms": 300})
+        running = submit(client, "sleep", {"ms": 1500})
+        doomed = submit(client, "sleep", {"ms": 30000})
+        last = submit(client, "sleep", {"ms": 50})
+        wait_for(client, running["id"], {"processing"})
+        started = time.monotonic()
+        assert client.post(f"/v1/predictions/{doomed['id']}/cancel").json()["status"] == "cancelled"
+        assert wait_for(client, last["id"], TERMINAL)["status"] == "succeeded"
+        assert time.monotonic() - started < 10, "the cancelled 30 s prediction did not run"
+        outcomes = {
+            p["id"]: client.get(f"/v1/predictions/{p['id']}").json() for p in (first, running, doomed)
+        }
+        assert outcomes[first["id"]]["output"] == "slept 300 ms"
+        assert outcomes[running["id"]]["output"] == "slept 1500 ms"
+        assert outcomes[doomed["id"]]["status"] == "cancelled"
+        assert outcomes[doomed["id"]]["output"] is None
+
+
 def test_delete_removes_inputs_and_outputs(client: httpx.Client) -> None:
     done = submit(client, "echo", {"text": "secret"}, wait=True)
     for path in (f"/v1/predictions/{done['id']}/delete", f"/v1/predictions/{done['id']}"):

@@ -30,6 +30,13 @@ class LocalBroker:
     async def take(self, model: str) -> Job:
         return await self._queues[model].get()
 
+    def take_ready(self, model: str) -> Job | None:
+        queue = self._queues[model]
+        return None if queue.empty() else queue.get_nowait()
+
+    def backlog(self, model: str) -> int:
+        return self._queues[model].qsize()
+
     async def finish(self, job: Job) -> None:
         """Nothing to acknowledge: the queue forgot the job when it was taken."""
 
@@ -50,8 +57,11 @@ class _LocalSubscription:
         self.queue: asyncio.Queue[Prediction] = asyncio.Queue()
 
     async def next(self, timeout: float) -> Prediction | None:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own (Python 3.11)
+                return await self.queue.get()
         except TimeoutError:
             return None
 

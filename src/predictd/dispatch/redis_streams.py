@@ -183,6 +183,14 @@ class RedisWorkSource:
                     await self._hold(job)
                     return job
 
+    def take_ready(self, model: str) -> Job | None:
+        """Never: a worker of the fleet takes one entry at a time, so that no entry waits in one worker's
+        pipe while another worker is idle (the stream is the fleet's shared queue)."""
+        return None
+
+    def backlog(self, model: str) -> int:
+        return 0
+
     async def _hold(self, job: Job) -> None:
         assert job.receipt is not None
         self._held[job.receipt] = job

@@ -67,9 +67,10 @@ class ReadyInfo:
 
 
 class WorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, ready: ReadyInfo) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, ready: ReadyInfo, cancel_fd: int) -> None:
         self._proc = proc
         self.ready = ready
+        self._cancel_fd = cancel_fd  # write end of the worker's cancel pipe (see worker_main.py)
 
     @property
     def pid(self) -> int:
@@ -81,16 +82,40 @@ class WorkerProcess:
 
     @classmethod
     async def start(cls, ref: str, timeout: float, env: dict[str, str] | None = None) -> WorkerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "predictd.runtime.worker_main",
-            ref,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=MAX_LINE_BYTES,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
+        cancel_read, cancel_write = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "predictd.runtime.worker_main",
+                ref,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=MAX_LINE_BYTES,
+                pass_fds=(cancel_read,),
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    **(env or {}),
+                    "PREDICTD_CANCEL_FD": str(cancel_read),
+                },
+            )
+        except BaseException:
+            os.close(cancel_write)
+            raise
+        finally:
+            os.close(cancel_read)
+        os.set_blocking(cancel_write, False)
+        try:
+            return await cls._handshake(proc, timeout, cancel_write)
+        except BaseException:
+            os.close(cancel_write)
+            raise
+
+    @classmethod
+    async def _handshake(
+        cls, proc: asyncio.subprocess.Process, timeout: float, cancel_fd: int
+    ) -> WorkerProcess:
         try:
             message = await asyncio.wait_for(cls._read(proc), timeout)
         except TimeoutError:
@@ -108,7 +133,7 @@ class WorkerProcess:
             setup_time=float(message["setup_time"]),
             pid=int(message["pid"]),
         )
-        return cls(proc, ready)
+        return cls(proc, ready, cancel_fd)
 
     @staticmethod
     async def _read(proc: asyncio.subprocess.Process) -> dict[str, Any] | None:
@@ -120,21 +145,38 @@ class WorkerProcess:
         assert isinstance(message, dict)
         return message
 
+    def send(self, prediction_id: str, inputs: dict[str, Any]) -> bool:
+        """Hand the worker a prediction; it runs its predictions in the order sent. False: the worker is gone.
+        (The pipe's buffer takes the line at once; a worker that stops reading is caught by the deadline.)"""
+        assert self._proc.stdin is not None
+        if self._proc.stdin.is_closing():
+            return False
+        try:
+            self._proc.stdin.write(
+                orjson.dumps({"type": "predict", "id": prediction_id, "input": inputs}) + b"\n"
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
     async def run(self, prediction_id: str, inputs: dict[str, Any], timeout: float) -> Outcome:
         """Run one prediction. On deadline the worker is interrupted, and killed if it does not stop."""
-        assert self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(orjson.dumps({"type": "predict", "id": prediction_id, "input": inputs}))
-            self._proc.stdin.write(b"\n")
-            await self._proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
+        if not self.send(prediction_id, inputs):
             return WorkerDied("worker was gone before the prediction reached it")
+        return await self.answer(prediction_id, timeout)
+
+    async def answer(self, prediction_id: str, timeout: float) -> Outcome:
+        """The outcome of a prediction sent earlier, once every prediction sent before it has answered."""
+        # asyncio.timeout rather than wait_for: on Python 3.11 wait_for runs the read in a task of its own,
+        # two more turns of the event loop per prediction, which a busy API process feels in throughput.
         try:
-            return await asyncio.wait_for(self._await_answer(prediction_id), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._await_answer(prediction_id)
         except TimeoutError:
-            self.interrupt()
+            self.interrupt(prediction_id)
             try:
-                await asyncio.wait_for(self._await_answer(prediction_id), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._await_answer(prediction_id)
             except TimeoutError:
                 await self.kill()
             return deadline_failure(timeout)
@@ -144,6 +186,7 @@ class WorkerProcess:
             message = await self._read(self._proc)
             if message is None:
                 await self._proc.wait()
+                self._close_cancel_pipe()
                 return WorkerDied(f"worker exited with code {self._proc.returncode} during the prediction")
             if message.get("id") != prediction_id:
                 continue
@@ -156,16 +199,28 @@ class WorkerProcess:
             if kind == "cancelled":
                 return Cancelled(predict_time)
 
-    def interrupt(self) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGUSR1)
+    def interrupt(self, prediction_id: str) -> None:
+        """Cancel the prediction: stopped if running, answered ``cancelled`` unrun if it is still waiting in
+        the worker's pipe, and nothing else is touched (the id travels with the signal)."""
+        if not self.alive or self._cancel_fd < 0:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(self._cancel_fd, prediction_id.encode() + b"\n")
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGUSR1)
 
     async def kill(self) -> None:
         await _terminate(self._proc, graceful=False)
+        self._close_cancel_pipe()
 
     async def stop(self) -> None:
         await _terminate(self._proc)
+        self._close_cancel_pipe()
+
+    def _close_cancel_pipe(self) -> None:
+        if self._cancel_fd >= 0:
+            os.close(self._cancel_fd)
+            self._cancel_fd = -1
 
 
 async def _terminate(proc: asyncio.subprocess.Process, graceful: bool = True) -> None:

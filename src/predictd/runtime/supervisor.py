@@ -5,12 +5,21 @@ A slot takes a prediction from its model's queue only while its worker is up, so
 cannot start accepts nothing (MODEL_UNAVAILABLE) instead of piling up work no one will run. A worker that
 fails to start is retried with exponential backoff; one that dies mid-prediction is replaced, and the
 prediction is queued again until its attempts run out (then it fails with UnavailableError).
+
+While more predictions are queued than a model has idle slots, a busy slot sends up to the model's
+``prefetch`` next ones ahead to its worker (those the WorkSource can hand out at once): the worker starts each
+the moment it finishes the one before, instead of idling while the API process records the outcome and
+hands it the next, which under a flood of status reads can take several milliseconds. A prediction sent
+ahead is PROCESSING from then on; its deadline counts from when the one before it ended; cancelled before
+the worker gets to it, it is answered cancelled without running. If the worker dies, every prediction it held
+counts that as an attempt and is queued again while attempts remain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,7 +27,7 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import ModelConfig
-from ..domain import ModelInfo
+from ..domain import ModelInfo, Prediction
 from ..ports import Job, WorkSource
 from .executor import Executor
 from .process import WorkerDied, WorkerProcess, WorkerStartError
@@ -41,6 +50,7 @@ class Slot:
     last_error: str = ""
     tried: asyncio.Event = field(default_factory=asyncio.Event)
     current: str | None = None
+    ahead: dict[str, Job] = field(default_factory=dict)  # sent to the worker after ``current``, in order
     ever_ready: bool = False
     starting: bool = False
 
@@ -77,6 +87,7 @@ class Supervisor:
         self._slots: dict[str, list[Slot]] = {m.slug: [Slot(m, i) for i in range(m.workers)] for m in models}
         self._schemas: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._waiting: dict[str, int] = dict.fromkeys(self._models, 0)  # idle slots, per model
         self._closing = False
         self._idle = asyncio.Event()
         source.on_cancel(self._cancel)
@@ -131,7 +142,7 @@ class Supervisor:
         )
 
     def _busy(self) -> bool:
-        return any(s.current for slots in self._slots.values() for s in slots)
+        return any(s.current or s.ahead for slots in self._slots.values() for s in slots)
 
     async def _wait_idle(self) -> None:
         while self._busy():
@@ -179,13 +190,74 @@ class Supervisor:
                 slot.tried.set()
 
     async def _slot_loop(self, slot: Slot) -> None:
+        slug = slot.model.slug
         while not self._closing:
             await self._ensure_worker(slot)
-            job = await self._source.take(slot.model.slug)
+            self._waiting[slug] += 1
+            try:
+                job = await self._source.take(slug)
+            finally:
+                self._waiting[slug] -= 1
             if self._closing:
                 await self._source.retry(job)
                 return
-            await self._run_one(slot, job)
+            await self._run_from(slot, job)
+
+    async def _run_from(self, slot: Slot, first: Job) -> None:
+        """Run ``first``, and then the predictions sent ahead behind it, until none is left."""
+        sent: deque[tuple[Job, Prediction]] = deque()
+        await self._send(slot, first, sent)
+        while sent:
+            while len(sent) <= slot.model.prefetch and self._may_send_ahead(slot):
+                job = self._source.take_ready(slot.model.slug)
+                if job is None:
+                    break
+                await self._send(slot, job, sent)
+            job, prediction = sent.popleft()
+            slot.ahead.pop(job.prediction_id, None)
+            await self._finish_one(slot, job, prediction)
+
+    def _may_send_ahead(self, slot: Slot) -> bool:
+        """Only work no idle slot would take now: more is queued for the model than it has idle slots."""
+        slug = slot.model.slug
+        return slot.up and not self._closing and self._source.backlog(slug) > self._waiting[slug]
+
+    async def _send(self, slot: Slot, job: Job, sent: deque[tuple[Job, Prediction]]) -> None:
+        """Claim the job's prediction and hand it to the slot's worker (behind what it holds already)."""
+        prediction_id = job.prediction_id
+        prediction = await self._store(
+            "claim", prediction_id, lambda: self._executor.claim(prediction_id, orphaned=job.orphaned)
+        )
+        if prediction is None or prediction.input is None:
+            await self._hand_back(job, requeue=False)
+            return
+        assert slot.worker is not None
+        slot.worker.send(prediction_id, prediction.input)  # a dead worker is noticed by answer()
+        if sent:
+            slot.ahead[prediction_id] = job
+        sent.append((job, prediction))
+
+    async def _finish_one(self, slot: Slot, job: Job, prediction: Prediction) -> None:
+        prediction_id = job.prediction_id
+        assert slot.worker is not None
+        slot.current = prediction_id
+        try:
+            outcome = await slot.worker.answer(prediction_id, slot.model.timeout_s)
+        finally:
+            slot.current = None
+            self._idle.set()
+        if isinstance(outcome, WorkerDied):
+            log.warning(
+                "worker died during a prediction",
+                model=slot.model.slug,
+                prediction=prediction_id,
+                detail=outcome.detail,
+            )
+        info = self._info(slot.model.slug)
+        _, requeue = await self._store(
+            "record", prediction_id, lambda: self._executor.record(prediction, outcome, info)
+        )
+        await self._hand_back(job, requeue)
 
     async def _store(self, what: str, prediction_id: str, write: Callable[[], Awaitable[T]]) -> T:
         """Retry a store write until it succeeds. A failure must neither end the slot's loop (its model
@@ -207,34 +279,6 @@ class Supervisor:
                 )
                 await asyncio.sleep(delay)
 
-    async def _run_one(self, slot: Slot, job: Job) -> None:
-        prediction_id = job.prediction_id
-        prediction = await self._store(
-            "claim", prediction_id, lambda: self._executor.claim(prediction_id, orphaned=job.orphaned)
-        )
-        if prediction is None or prediction.input is None:
-            await self._hand_back(job, requeue=False)
-            return
-        assert slot.worker is not None
-        slot.current = prediction_id
-        try:
-            outcome = await slot.worker.run(prediction_id, prediction.input, slot.model.timeout_s)
-        finally:
-            slot.current = None
-            self._idle.set()
-        if isinstance(outcome, WorkerDied):
-            log.warning(
-                "worker died during a prediction",
-                model=slot.model.slug,
-                prediction=prediction_id,
-                detail=outcome.detail,
-            )
-        info = self._info(slot.model.slug)
-        _, requeue = await self._store(
-            "record", prediction_id, lambda: self._executor.record(prediction, outcome, info)
-        )
-        await self._hand_back(job, requeue)
-
     async def _hand_back(self, job: Job, requeue: bool) -> None:
         """Tell the source the job is done with. If that fails (Redis away), the outcome is stored already:
         the broker's lease or the sweeper brings the job back, and the store refuses a second run."""
@@ -246,11 +290,15 @@ class Supervisor:
     async def _cancel(self, prediction_id: str) -> None:
         for slots in self._slots.values():
             for slot in slots:
-                if slot.current == prediction_id and slot.worker is not None:
-                    slot.worker.interrupt()
+                if slot.worker is None:
+                    continue
+                if slot.current == prediction_id:
+                    slot.worker.interrupt(prediction_id)
                     asyncio.get_running_loop().call_later(
                         self._cancel_grace_s, self._kill_if_still_running, slot, prediction_id
                     )
+                elif prediction_id in slot.ahead:
+                    slot.worker.interrupt(prediction_id)  # the worker answers it unrun when it gets there
 
     def _kill_if_still_running(self, slot: Slot, prediction_id: str) -> None:
         if slot.current == prediction_id and slot.worker is not None:

@@ -3,7 +3,12 @@
 Protocol: one orjson object per line. The server sends ``{"type": "predict", "id", "input"}``; the worker
 answers ``ready`` / ``setup_failed`` once, then ``started`` and one of ``succeeded`` / ``failed`` /
 ``cancelled`` per prediction. Answers go to a private duplicate of stdout; fd 1 itself is pointed at
-stderr so that a model's ``print()`` cannot corrupt the protocol. SIGUSR1 interrupts a running predict().
+stderr so that a model's ``print()`` cannot corrupt the protocol.
+
+Cancelling: the server writes the prediction's id and a newline to the cancel pipe (its fd is in
+``PREDICTD_CANCEL_FD``), then sends SIGUSR1. The signal interrupts predict() only when the running prediction
+is one of the ids read; a prediction cancelled before it starts (it was sent ahead) is answered
+``cancelled`` without running. So a cancel that arrives just as one prediction ends never stops the next.
 """
 
 from __future__ import annotations
@@ -32,11 +37,30 @@ class CancelRequested(BaseException):
 
 
 class _State:
-    predicting = False
+    running: str | None = None  # the prediction inside predict() right now
+    cancelled: set[str] = set()
+    cancel_fd: int | None = None
+
+
+def _read_cancels() -> None:
+    fd = _State.cancel_fd
+    if fd is None:
+        return
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    _State.cancelled.update(line.decode() for line in data.split(b"\n") if line)
 
 
 def _on_cancel(_signum: int, _frame: FrameType | None) -> None:
-    if _State.predicting:
+    _read_cancels()
+    if _State.running is not None and _State.running in _State.cancelled:
         raise CancelRequested
 
 
@@ -60,6 +84,10 @@ def _validation_message(error: ValidationError) -> str:
 def run(ref: str) -> int:
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    cancel_fd = os.environ.get("PREDICTD_CANCEL_FD")
+    if cancel_fd:
+        _State.cancel_fd = int(cancel_fd)
+        os.set_blocking(_State.cancel_fd, False)
     signal.signal(signal.SIGUSR1, _on_cancel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
 
@@ -95,13 +123,17 @@ def run(ref: str) -> int:
         answer: dict[str, Any]
         try:
             try:
-                _State.predicting = True
+                _State.running = prediction_id
+                _read_cancels()  # cancelled while it waited in the pipe: never run it
+                if prediction_id in _State.cancelled:
+                    raise CancelRequested
                 inputs, options = pipeline.prepare(request["input"])
                 values = inputs_model.model_validate(inputs)
                 result = predictor.predict(**dict(values))  # type: ignore[attr-defined]
                 finished = pipeline.finish(result, options)
             finally:
-                _State.predicting = False
+                _State.running = None
+                _State.cancelled.discard(prediction_id)
             answer = {
                 "type": "succeeded",
                 "output": outputs.dump_python(finished, mode="json", warnings=False),
