@@ -38,12 +38,11 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from predictd.errors import ImageLoadError
 
 if TYPE_CHECKING:
     import httpx
+    from PIL import Image
 
     from .media_fetch import SafeNetworkBackend
 
@@ -306,11 +305,14 @@ def decode_data_uri(value: str, *, field: str, limits: MediaLimits) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Decoding
+# Decoding. Pillow is imported on the first image: the API process (which imports this module for
+# MediaLimits) and a worker whose model takes no image never load it.
 
 
 @functools.lru_cache(maxsize=1)
 def _safe_formats() -> tuple[str, ...]:
+    from PIL import Image
+
     Image.init()
     return tuple(name for name in SAFE_FORMATS if name in Image.OPEN)
 
@@ -319,6 +321,8 @@ _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 def _decode_image(data: bytes, *, field: str, limits: MediaLimits, source: str) -> Image.Image:
+    from PIL import Image
+
     formats = _safe_formats()
     undecodable = f"{field}: {source} cannot be decoded as an image (supported: {', '.join(formats)})"
     try:

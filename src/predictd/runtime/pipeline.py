@@ -9,15 +9,24 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from PIL import Image
 
 from ..errors import ContentModerationError, PipelineError
 from ..media import MediaLimits, load_image
 from ..outputs import LocalOutputs
-from .types import MEDIA_KEY, MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64, fields_marked
+from .types import (
+    MEDIA_KEY,
+    MODERATION_LEVEL,
+    OUTPUT_FORMAT,
+    RETURN_BASE64,
+    fields_marked,
+    loaded_image_class,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 CONFIG_ENV = "PREDICTD_WORKER_CONFIG"
 
@@ -101,12 +110,13 @@ class Pipeline:
     def finish(self, result: Any, options: dict[str, Any]) -> Any:
         """Moderate every image in the result, then encode and store them; other values pass through.
         Nothing is stored unless every image passed, so a refused output leaves no file behind."""
+        image_class = loaded_image_class()  # None: Pillow was never loaded here, so there is no image
         level = str(options.get(MODERATION_LEVEL, "conservative"))
-        for where, image in _images(result, "output"):
+        for where, image in _images(result, "output", image_class):
             self._moderate(image, where, level)
         fmt = str(options.get(OUTPUT_FORMAT, "png"))
         inline = bool(options.get(RETURN_BASE64, False))
-        return _replace_images(result, lambda image: self._encode(image, fmt, inline))
+        return _replace_images(result, image_class, lambda image: self._encode(image, fmt, inline))
 
     def _encode(self, image: Image.Image, fmt: str, inline: bool) -> str:
         buffer = io.BytesIO()
@@ -120,21 +130,25 @@ class Pipeline:
         return self._outputs.write(data, fmt)
 
 
-def _images(value: Any, where: str) -> list[tuple[str, Image.Image]]:
-    if isinstance(value, Image.Image):
+def _images(value: Any, where: str, image_class: type[Image.Image] | None) -> list[tuple[str, Image.Image]]:
+    if image_class is None:
+        return []
+    if isinstance(value, image_class):
         return [(where, value)]
     if isinstance(value, list | tuple):
-        return [found for i, v in enumerate(value) for found in _images(v, f"{where}[{i}]")]
+        return [found for i, v in enumerate(value) for found in _images(v, f"{where}[{i}]", image_class)]
     if isinstance(value, dict):
-        return [found for k, v in value.items() for found in _images(v, f"{where}.{k}")]
+        return [found for k, v in value.items() for found in _images(v, f"{where}.{k}", image_class)]
     return []
 
 
-def _replace_images(value: Any, encode: Callable[[Image.Image], str]) -> Any:
-    if isinstance(value, Image.Image):
+def _replace_images(
+    value: Any, image_class: type[Image.Image] | None, encode: Callable[[Image.Image], str]
+) -> Any:
+    if image_class is not None and isinstance(value, image_class):
         return encode(value)
     if isinstance(value, list | tuple):
-        return [_replace_images(v, encode) for v in value]
+        return [_replace_images(v, image_class, encode) for v in value]
     if isinstance(value, dict):
-        return {k: _replace_images(v, encode) for k, v in value.items()}
+        return {k: _replace_images(v, image_class, encode) for k, v in value.items()}
     return value
