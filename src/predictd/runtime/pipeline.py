@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import ContentModerationError, PipelineError
-from ..media import MediaLimits, load_image
 from ..outputs import LocalOutputs
 from .types import (
     MEDIA_KEY,
@@ -27,6 +26,8 @@ from .types import (
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from ..media import MediaLimits
 
 CONFIG_ENV = "PREDICTD_WORKER_CONFIG"
 
@@ -49,6 +50,8 @@ class WorkerConfig:
         return cls(**orjson.loads(raw)) if raw else cls()
 
     def media_limits(self) -> MediaLimits:
+        from ..media import MediaLimits
+
         media = dict(self.media)
         if "allowed_networks" in media:
             media["allowed_networks"] = tuple(media["allowed_networks"])
@@ -60,7 +63,8 @@ class Pipeline:
         self._image_fields = fields_marked(schema, MEDIA_KEY, "image")
         # Reserved options the model does not take itself are consumed here, never passed to predict().
         self._reserved = {MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64} - model_params
-        self._limits = config.media_limits()
+        # The media loader is imported only by a model that takes images (a model without never needs it).
+        self._limits = config.media_limits() if self._image_fields else None
         self._outputs = (
             LocalOutputs(Path(config.outputs_dir), config.outputs_ttl_s) if config.outputs_dir else None
         )
@@ -91,6 +95,9 @@ class Pipeline:
         return inputs, options
 
     def _load(self, value: str, where: str, level: str) -> Image.Image:
+        from ..media import load_image
+
+        assert self._limits is not None  # made in __init__ for a model with image fields
         image = load_image(value, field=where, limits=self._limits)
         self._moderate(image, where, level)
         return image
