@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ import httpx
 import pytest
 
 from predictd import keys
+from predictd.config import BUILTIN_MODELS
 from predictd.store import open_store
 
 T = TypeVar("T")
@@ -126,6 +129,20 @@ async def _mint_key(database_url: str, account: str) -> str:
         await store.close()
 
 
+def sleep_slots(config: str) -> str:
+    """The built-in ``sleep`` model with two workers, as TOML to append to ``config``, when the config serves
+    the built-in and does not configure ``sleep`` itself. Tests keep one sleep prediction running while
+    another runs or queues (cancelling, interrupting, recovering), so they ask for two slots explicitly
+    rather than relying on the built-in default (one worker)."""
+    settings = tomllib.loads(config)
+    builtin = settings.get("builtin_models", True)
+    serves_sleep = builtin is True or (isinstance(builtin, list) and "sleep" in builtin)
+    if not serves_sleep or any(m.get("slug") == "sleep" for m in settings.get("models", [])):
+        return ""
+    entry = {**next(m for m in BUILTIN_MODELS if m["slug"] == "sleep"), "workers": 2}
+    return "\n[[models]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in entry.items())
+
+
 @dataclass
 class Server:
     """A predictd deployment started the way an operator starts it: ``predictd --config F serve``, and for
@@ -190,7 +207,7 @@ class Server:
         config_path = self.workdir / "predictd.toml"
         # Tests load only the light built-ins unless they ask for others: the image models take seconds.
         light = "" if "builtin_models" in self.config else 'builtin_models = ["echo", "sleep"]\n'
-        config_path.write_text(light + self.config)
+        config_path.write_text(light + self.config + sleep_slots(light + self.config))
         env = {
             **os.environ,
             "PREDICTD_DATA_DIR": str(self.data_dir),

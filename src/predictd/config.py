@@ -31,7 +31,7 @@ BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
     {
         "slug": "sleep",
         "ref": "predictd.models.sleep:Sleep",
-        "workers": 2,
+        "workers": 1,
         "description": "Sleeps for `ms` milliseconds, then returns: a model for timing and cancellation.",
     },
     {

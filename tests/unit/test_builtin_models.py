@@ -20,7 +20,7 @@ from predictd.runtime.types import MEDIA_KEY, fields_marked
 @pytest.mark.parametrize("entry", BUILTIN_MODELS, ids=[str(m["slug"]) for m in BUILTIN_MODELS])
 def test_each_builtin_model_is_configured_and_loadable(entry: dict[str, Any]) -> None:
     config = ModelConfig(**entry)
-    assert config.workers == (2 if config.slug == "sleep" else 1)
+    assert config.workers == 1
     assert config.description
     cls = load_predictor_class(config.ref)
     assert input_schema(cls)["additionalProperties"] is False
