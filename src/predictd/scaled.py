@@ -21,15 +21,14 @@ from .assemble import (
     watch_model,
     webhook_dispatcher,
 )
+from .background import Background
 from .config import Settings
 from .dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
 from .dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
 from .dispatch.sweeper import Sweeper
-from .domain import Prediction
 from .limits.redis import RedisLimits
 from .metrics import Metrics
 from .outputs import LocalOutputs
-from .ports import Limits
 from .redis_keys import RedisKeys, connect
 from .runtime.executor import Executor
 from .runtime.supervisor import Supervisor
@@ -116,7 +115,10 @@ async def start_worker(
         start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
     limits = RedisLimits(redis, keys)
     # Concurrency counts are released where a prediction ends, which is mostly here.
-    notifier.add_listener(lambda p: _release_in_background(limits, p) if p.terminal else None)
+    releases = Background()  # a release that fails is repaired by the sweeper
+    notifier.add_listener(
+        lambda p: releases.spawn(limits.release(p.account_id, p.id), "release") if p.terminal else None
+    )
     planner = Planner(renderers)
     dispatcher = webhook_dispatcher(notifier, store, settings)
     executor = Executor(store, notifier, settings.max_attempts, planner)
@@ -163,18 +165,3 @@ async def start_worker(
         await store.close()
 
     return WorkerNode(supervisor, announcer, stop)
-
-
-_RELEASES: set[asyncio.Task[None]] = set()
-
-
-def _release_in_background(limits: Limits, prediction: Prediction) -> None:
-    async def release() -> None:
-        try:
-            await limits.release(prediction.account_id, prediction.id)
-        except Exception as exc:  # the sweeper frees it later
-            log.warning("could not release an in-flight count", prediction=prediction.id, error=repr(exc))
-
-    task = asyncio.get_running_loop().create_task(release())
-    _RELEASES.add(task)
-    task.add_done_callback(_RELEASES.discard)

@@ -6,12 +6,10 @@ their own bodies.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +19,7 @@ import structlog
 from jsonschema import Draft202012Validator
 
 from . import keys
+from .background import Background
 from .domain import (
     NATIVE_STATUS,
     Account,
@@ -137,27 +136,14 @@ class Service:
         self.max_attempts = max_attempts
         self.policy = policy or Policy()
         self.limits: Limits = limits or MemoryLimits()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self.text_moderator = text_moderator
         self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
         notifier.add_listener(self._release_when_done)
 
     def _release_when_done(self, prediction: Prediction) -> None:
         if prediction.terminal:
-            self._spawn(self.limits.release(prediction.account_id, prediction.id), "release")
-
-    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        """Run ``work`` in the background, keeping a reference until it ends and logging a failure."""
-
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception as exc:
-                log.warning("background step failed", step=what, error=repr(exc))
-
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            self._background.spawn(self.limits.release(prediction.account_id, prediction.id), "release")
 
     # -- auth ----------------------------------------------------------------------------------------------
 
@@ -299,17 +285,17 @@ class Service:
         try:
             await self.store.insert_prediction(prediction, record, reserve)
         except CreditsRefused as refused:
-            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
+            self._background.spawn(self.limits.release(principal.account.id, prediction.id), "release")
             raise self._out_of_credits(refused, info) from None
         except IdempotencyKeyTaken:
             # A concurrent identical submit won the race: answer with its prediction.
-            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
+            self._background.spawn(self.limits.release(principal.account.id, prediction.id), "release")
             replay = await self._replay(principal, request)
             if replay is None:
                 raise ApiError(ErrorId.INTERNAL_ERROR, "Idempotency-Key race; retry the request.") from None
             return Submission(replay, replayed=True)
         except BaseException:
-            self._spawn(self.limits.release(principal.account.id, prediction.id), "release")
+            self._background.spawn(self.limits.release(principal.account.id, prediction.id), "release")
             raise
         self.notifier.publish(prediction)
         try:

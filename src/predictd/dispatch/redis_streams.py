@@ -26,6 +26,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ..background import Background
 from ..domain import Prediction
 from ..ports import CancelHandler, Job, Store
 from ..redis_keys import CONSUMER_GROUP, RedisKeys
@@ -299,7 +300,7 @@ class RedisNotifier:
         self._store = store
         self._local = LocalNotifier()
         self._origin = uuid.uuid4().hex
-        self._pending: set[asyncio.Task[None]] = set()
+        self._announcements = Background()
         self._task: asyncio.Task[None] | None = None
 
     def add_listener(self, listener: Callable[[Prediction], None]) -> None:
@@ -311,15 +312,8 @@ class RedisNotifier:
     def publish(self, prediction: Prediction) -> None:
         self._local.publish(prediction)
         message = orjson.dumps({"id": prediction.id, "origin": self._origin})
-        task = asyncio.get_running_loop().create_task(self._announce(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _announce(self, message: bytes) -> None:
-        try:
-            await self._redis.publish(self._keys.events_channel, message)
-        except (RedisError, OSError) as exc:
-            log.warning("could not announce a state change", error=repr(exc))
+        # A lost announcement is repaired: after a resubscribe every process re-reads what it watches.
+        self._announcements.spawn(self._redis.publish(self._keys.events_channel, message), "announce")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="events")
@@ -328,7 +322,7 @@ class RedisNotifier:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._announcements.drain()
 
     async def _listen(self) -> None:
         async def on_message(data: str) -> None:
