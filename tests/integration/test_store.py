@@ -20,7 +20,7 @@ from sqlalchemy import text
 from predictd.domain import Credits, CreditsRefused, Plan, Prediction, Status, new_id, utcnow
 from predictd.ports import ListQuery
 from predictd.store import SqlStore, open_store
-from predictd.store.migrate import alembic_config
+from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import metadata
 from predictd.store.sql import make_engine
 
@@ -331,3 +331,27 @@ async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_pa
     after = await store.get_prediction(p.id, alice.id)
     assert after is not None
     assert (after.input, after.data_removed) == (None, True)
+
+
+async def test_a_process_starting_during_another_ones_migration_waits_for_it(tmp_path: Path) -> None:
+    """An API process and its workers start together: the one that finds the migration lock taken waits
+    for it, however short the requests' lock timeout (it used to fail to start)."""
+    name = f"predictd_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    holder = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", _PG_MIGRATION_LOCK)
+        opening = asyncio.create_task(open_store(url, postgres_lock_timeout_ms=100))
+        await asyncio.sleep(1.0)
+        assert not opening.done(), "it waits for the lock"
+        await holder.execute("SELECT pg_advisory_unlock($1)", _PG_MIGRATION_LOCK)
+        store = await asyncio.wait_for(opening, 30)
+        account = await store.create_account("after-the-wait")
+        assert account.name == "after-the-wait"
+        await store.close()
+    finally:
+        await holder.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every predictd process sharing a database.
 _PG_MIGRATION_LOCK = 0x70726564
+MIGRATION_LOCK_WAIT_S = 600
 
 
 # Alembic (with Mako) is imported only when a database is behind: about 10 MiB of a process's memory.
@@ -68,6 +69,9 @@ def upgrade_to_head(connection: Connection) -> None:
     from alembic import command
 
     if connection.dialect.name == "postgresql":
+        # Not the requests' lock_timeout: a process starting beside another one (an API process and its
+        # workers) waits for that one's migration instead of failing to start.
+        connection.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_WAIT_S}s'"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
     command.upgrade(alembic_config(connection), "head")
 
