@@ -341,6 +341,42 @@ def test_kill_9_of_a_worker_mid_load_loses_nothing_and_charges_no_failure(make_s
     assert integrity(database_of(server)) == "ok"
 
 
+ONE_SLEEP_SLOT_SENDING_AHEAD = """builtin_models = ["sleep"]
+max_attempts = 2
+
+[[models]]
+slug = "sleep"
+ref = "predictd.models.sleep:Sleep"
+workers = 1
+prefetch = 2
+"""
+
+
+def test_kill_9_of_a_worker_holding_predictions_sent_ahead_runs_them_all_again(make_server: Any) -> None:
+    """The killed worker held one prediction running and two sent ahead behind it (a backlog): all three
+    are queued again and succeed on its replacement, each having used one attempt on the dead worker."""
+    server = make_server(ONE_SLEEP_SLOT_SENDING_AHEAD)
+    key = server.key()
+    with server.client(key) as client:
+
+        def submit(ms: int) -> str:
+            body = client.post("/v1/predictions", json={"model": "sleep", "input": {"ms": ms}}).json()
+            return str(body["id"])
+
+        first = submit(300)
+        held = [submit(3000), submit(50), submit(50)]  # queued while ``first`` runs: sent ahead after it
+        settle_all(server, key, [first])
+        wait_processing(client, held)  # all three claimed by the one slot: one running, two sent ahead
+        [victim] = workers_of(server, "predictd.models.sleep:Sleep")
+        os.kill(victim.pid, signal.SIGKILL)  # a worker process our server started
+        finals = settle_all(server, key, held)
+    assert [finals[i]["status"] for i in held] == ["succeeded"] * 3
+    assert [finals[i]["output"] for i in held] == ["slept 3000 ms", "slept 50 ms", "slept 50 ms"]
+    assert attempts(database_of(server), held) == [2, 2, 2]
+    [replacement] = workers_of(server, "predictd.models.sleep:Sleep")
+    assert replacement.pid != victim.pid
+
+
 # -- kill -9 of the server -----------------------------------------------------------------------------------
 
 

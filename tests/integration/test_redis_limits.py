@@ -7,13 +7,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from predictd.dispatch.redis_streams import RedisBroker, RedisNotifier
+from predictd.dispatch.registry import RedisCatalog
+from predictd.dispatch.sweeper import INFLIGHT_CHECK_AFTER_S, Sweeper
+from predictd.domain import Prediction, Status, new_id, utcnow
 from predictd.limits import MemoryRateLimiter
 from predictd.limits.redis import RedisLimits
 from predictd.redis_keys import RedisKeys, connect
+from predictd.store import open_store
 
 from ..conftest import REDIS_URL
 
@@ -68,3 +74,63 @@ async def test_in_flight_counts_are_exact_under_concurrency(limits: tuple[RedisL
     assert await shared.try_acquire("acct", "late", 5)
     assert not await shared.try_acquire("acct", "later", 5)
     assert await shared.try_acquire("acct", "unlimited", None)
+
+
+async def test_the_sweeper_frees_in_flight_counts_of_ended_predictions_only(
+    limits: tuple[RedisLimits, Redis], tmp_path: Path
+) -> None:
+    """A release that never reached Redis is repaired: an in-flight entry older than the check delay whose
+    prediction has ended (or was never stored) is dropped; an unfinished one, or a recent one, stays."""
+    _, redis = limits
+    keys = RedisKeys(f"t{uuid.uuid4().hex[:12]}")
+    shared = RedisLimits(redis, keys)
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    try:
+        account = await store.create_account("a")
+
+        async def stored(status: Status) -> str:
+            prediction = Prediction(
+                id=new_id(),
+                account_id=account.id,
+                model="echo",
+                status=Status.QUEUED,
+                input={},
+                created_at=utcnow(),
+            )
+            await store.insert_prediction(prediction)
+            if status is not Status.QUEUED:
+                await store.transition(prediction.id, Status.PROCESSING, count_attempt=True)
+                await store.transition(prediction.id, status, completed_at=utcnow())
+            return prediction.id
+
+        ended, failed, unfinished = (
+            await stored(Status.SUCCEEDED),
+            await stored(Status.FAILED),
+            await stored(Status.QUEUED),
+        )
+        now = float((await redis.time())[0])
+        old = now - INFLIGHT_CHECK_AFTER_S - 60
+        await redis.zadd(
+            keys.inflight(account.id),
+            {ended: old, failed: old, unfinished: old, "never-stored": old, "just-counted": now},
+        )
+        notifier = RedisNotifier(redis, keys, store)
+        sweeper = Sweeper(
+            redis,
+            keys,
+            store,
+            RedisBroker(redis, keys),
+            RedisCatalog(redis, keys, [], lease_s=15.0),
+            shared,
+            notifier,
+            None,
+            interval_s=1.0,
+            lease_s=15.0,
+        )
+        report = await sweeper.sweep()
+        assert report.released == 3
+        assert set(await redis.zrange(keys.inflight(account.id), 0, -1)) == {unfinished, "just-counted"}
+        assert report.requeued == 0  # an unfinished prediction Redis does not know waits a whole lease
+    finally:
+        await store.close()
+        await redis.delete(keys.inflight(account.id))

@@ -129,7 +129,7 @@ class Sweeper:
             )
             report.requeued += 1
             log.info("queued a prediction Redis had lost", prediction=prediction.id, status=prediction.status)
-        report.released = await self._release_finished()
+        report.released = await self._release_finished({p.id for p in unfinished})
         return report
 
     async def _known(self, predictions: Sequence[Prediction]) -> dict[str, bool]:
@@ -149,15 +149,18 @@ class Sweeper:
         if stored is not None:
             self._notifier.publish(stored)
 
-    async def _release_finished(self) -> int:
-        """Drop in-flight counts of predictions that have ended (a release that never reached Redis)."""
+    async def _release_finished(self, unfinished: set[str]) -> int:
+        """Drop in-flight counts of predictions that have ended (a release that never reached Redis).
+
+        ``unfinished``: the store's unfinished predictions, read at the start of this sweep. An entry older
+        than INFLIGHT_CHECK_AFTER_S was counted before that read (a submit counts, then inserts, within
+        milliseconds), so one missing from it has ended or was never stored."""
         released = 0
         now = float((await self._redis.time())[0])
         async for key in self._redis.scan_iter(match=self._keys.inflight("*"), count=500):
             account_id = str(key).rsplit(":", 1)[1]
             for prediction_id in await self._redis.zrangebyscore(key, "-inf", now - INFLIGHT_CHECK_AFTER_S):
-                prediction = await self._store.get_prediction(str(prediction_id))
-                if prediction is None or prediction.terminal:
+                if str(prediction_id) not in unfinished:
                     await self._limits.release(account_id, str(prediction_id))
                     released += 1
         return released

@@ -88,6 +88,8 @@ class Supervisor:
         self._schemas: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._waiting: dict[str, int] = dict.fromkeys(self._models, 0)  # idle slots, per model
+        # What recording an outcome needs of a model (its price and deadline), built once, not per prediction.
+        self._pricing = {m.slug: m.info(available=True, schemas=None) for m in models}
         self._closing = False
         self._idle = asyncio.Event()
         source.on_cancel(self._cancel)
@@ -253,9 +255,9 @@ class Supervisor:
                 prediction=prediction_id,
                 detail=outcome.detail,
             )
-        info = self._info(slot.model.slug)
+        pricing = self._pricing[slot.model.slug]
         _, requeue = await self._store(
-            "record", prediction_id, lambda: self._executor.record(prediction, outcome, info)
+            "record", prediction_id, lambda: self._executor.record(prediction, outcome, pricing)
         )
         await self._hand_back(job, requeue)
 
