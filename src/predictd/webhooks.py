@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 from standardwebhooks import Webhook
@@ -70,6 +69,8 @@ class WebhookTarget:
 def _check_url(url: Any, where: str) -> str:
     if not isinstance(url, str) or not url:
         raise ApiError(ErrorId.INVALID_INPUT, f"{where} must be an http(s) URL.")
+    import httpx  # on the first webhook, not at start: about 2 MiB the API process does not need idle
+
     parsed = httpx.URL(url) if len(url) <= MAX_URL_LENGTH else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.userinfo:
         raise ApiError(
@@ -164,6 +165,8 @@ def _post(
     url: str, body: bytes, headers: dict[str, str], config: DeliveryConfig
 ) -> tuple[int | None, str | None]:
     """One synchronous, SSRF-guarded POST (run in a thread). Returns (status code, error)."""
+    import httpx
+
     deadline = time.monotonic() + config.attempt_timeout_s
     timeout = httpx.Timeout(config.attempt_timeout_s)
     try:

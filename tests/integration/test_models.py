@@ -349,3 +349,23 @@ def test_model_modules_import_no_heavy_library(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert result.stdout.strip() == ""
+
+
+def test_the_embedded_server_stack_imports_no_client_or_on_demand_library(tmp_path: Path) -> None:
+    """Memory at rest: what an embedded `serve` imports leaves out Redis (scaled-out only), httpx (loaded
+    by the first webhook or image URL), Pillow (the first image) and Jinja2 (the first console page)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import predictd.cli, predictd.assemble\n"
+        "from predictd.api.app import create_app\n"
+        "from predictd.config import Settings\n"
+        "create_app(Settings(builtin_models=['echo']))\n"
+        "print(','.join(m for m in ('redis', 'httpx', 'PIL', 'jinja2') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert result.stdout.strip() == ""
