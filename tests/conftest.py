@@ -395,6 +395,17 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **kwargs)
 
 
+# One sleep slot that sends up to two queued predictions ahead to its busy worker (runtime/supervisor.py).
+ONE_SLEEP_SLOT_SENDING_AHEAD = """builtin_models = ["sleep"]
+max_attempts = 2
+
+[[models]]
+slug = "sleep"
+ref = "predictd.models.sleep:Sleep"
+workers = 1
+prefetch = 2
+"""
+
 FIXTURE_MODELS_TOML = f"""
 [[models]]
 slug = "broken"

@@ -32,7 +32,7 @@ import pytest
 
 from predictd.errors import ErrorId
 
-from ..conftest import FIXTURE_MODELS, Server, run_sync
+from ..conftest import FIXTURE_MODELS, ONE_SLEEP_SLOT_SENDING_AHEAD, Server, run_sync
 from .test_billing_and_policy import ADMIN_KEY, Operator
 from .test_native_api import assert_error
 
@@ -339,17 +339,6 @@ def test_kill_9_of_a_worker_mid_load_loses_nothing_and_charges_no_failure(make_s
     assert result.statuses["cancelled"] > 0
     assert result.balanced, result
     assert integrity(database_of(server)) == "ok"
-
-
-ONE_SLEEP_SLOT_SENDING_AHEAD = """builtin_models = ["sleep"]
-max_attempts = 2
-
-[[models]]
-slug = "sleep"
-ref = "predictd.models.sleep:Sleep"
-workers = 1
-prefetch = 2
-"""
 
 
 def test_kill_9_of_a_worker_holding_predictions_sent_ahead_runs_them_all_again(make_server: Any) -> None:

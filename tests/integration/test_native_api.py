@@ -15,7 +15,7 @@ from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import open_store
 
-from ..conftest import Server, run_sync
+from ..conftest import ONE_SLEEP_SLOT_SENDING_AHEAD, Server, run_sync
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -362,16 +362,6 @@ def test_cancel_a_queued_prediction_means_it_never_runs(server: Server) -> None:
         after = client.get(f"/v1/predictions/{queued['id']}").json()
         assert after["status"] == "cancelled"
         assert after["started_at"] is None
-
-
-ONE_SLEEP_SLOT_SENDING_AHEAD = """builtin_models = ["sleep"]
-
-[[models]]
-slug = "sleep"
-ref = "predictd.models.sleep:Sleep"
-workers = 1
-prefetch = 2
-"""
 
 
 def test_a_prediction_sent_ahead_to_a_busy_worker_and_cancelled_never_runs(make_server: Any) -> None:
