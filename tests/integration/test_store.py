@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from predictd.domain import Credits, CreditsRefused, Plan, Prediction, Status, new_id, utcnow
+from predictd.domain import Credits, CreditsRefused, NewDelivery, Plan, Prediction, Status, new_id, utcnow
 from predictd.ports import ListQuery
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
@@ -355,3 +355,25 @@ async def test_a_process_starting_during_another_ones_migration_waits_for_it(tmp
         await holder.close()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_of_dispatchers_racing_for_a_due_webhook_only_one_claims_it(store: SqlStore) -> None:
+    """Scaled out, every API process and worker runs a webhook dispatcher: each reads the same due rows,
+    and each row must be sent by exactly one of them."""
+    account = await store.create_account("a")
+    p = queued(account.id)
+    await store.insert_prediction(p)
+
+    def planner(prediction: Prediction) -> list[NewDelivery]:
+        payload = {"id": prediction.id, "status": str(prediction.status)}
+        return [NewDelivery(new_id("msg_"), prediction.id, account.id, "completed", "http://x/hook", payload)]
+
+    await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.transition(p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x")
+    due = await store.due_deliveries(utcnow() + timedelta(seconds=1), limit=10)
+    assert len(due) == 1
+    # Every dispatcher read the row while it was due; their claims then race.
+    lease = utcnow() + timedelta(seconds=15)
+    claims = await asyncio.gather(*(store.claim_delivery(due[0], lease) for _ in range(8)))
+    assert sum(claims) == 1
+    assert await store.due_deliveries(utcnow() + timedelta(seconds=1), limit=10) == []

@@ -794,7 +794,11 @@ class SqlStore:
         return UTC_DATETIME.process_result_value(value, self.engine.dialect) if value is not None else None
 
     async def claim_delivery(self, delivery: WebhookDelivery, lease_until: datetime) -> bool:
-        """Take a due delivery for one attempt; false when another process took it first."""
+        """Take a due delivery for one attempt; false when another process took it first.
+
+        Still due is part of the condition: a claim moves ``next_attempt_at`` to the lease's end, so of
+        several dispatchers that read the same due row (an API process and a worker, scaled out) only the
+        first claims it. Matching the attempt count alone let a second one send it again."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(webhook_deliveries)
@@ -802,6 +806,7 @@ class SqlStore:
                     webhook_deliveries.c.id == delivery.id,
                     webhook_deliveries.c.status == "pending",
                     webhook_deliveries.c.attempts == delivery.attempts,
+                    webhook_deliveries.c.next_attempt_at <= utcnow(),
                 )
                 .values(next_attempt_at=lease_until)
             )
