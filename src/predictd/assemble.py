@@ -221,7 +221,7 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
     models = settings.all_models
     supervisor = build_supervisor(settings, models, broker, executor, outputs)
     for model in models:
-        watch_model(metrics, supervisor, model.slug, partial(broker.depth, model.slug))
+        watch_model(metrics, supervisor, model.slug, partial(broker.backlog, model.slug))
     service = build_service(settings, store, broker, notifier, supervisor, outputs, planner)
     try:
         await supervisor.start()

@@ -46,9 +46,6 @@ class LocalBroker:
     def on_cancel(self, handler: CancelHandler) -> None:
         self._cancel_handlers.append(handler)
 
-    def depth(self, model: str) -> int:
-        return self._queues[model].qsize()
-
 
 class _LocalSubscription:
     def __init__(self, hub: LocalNotifier, prediction_id: str) -> None:

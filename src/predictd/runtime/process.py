@@ -83,30 +83,27 @@ class WorkerProcess:
     @classmethod
     async def start(cls, ref: str, timeout: float, env: dict[str, str] | None = None) -> WorkerProcess:
         cancel_read, cancel_write = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "predictd.runtime.worker_main",
-                ref,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                limit=MAX_LINE_BYTES,
-                pass_fds=(cancel_read,),
-                env={
-                    **os.environ,
-                    "PYTHONUNBUFFERED": "1",
-                    **(env or {}),
-                    "PREDICTD_CANCEL_FD": str(cancel_read),
-                },
-            )
-        except BaseException:
-            os.close(cancel_write)
-            raise
-        finally:
-            os.close(cancel_read)
         os.set_blocking(cancel_write, False)
         try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "predictd.runtime.worker_main",
+                    ref,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=MAX_LINE_BYTES,
+                    pass_fds=(cancel_read,),
+                    env={
+                        **os.environ,
+                        "PYTHONUNBUFFERED": "1",
+                        **(env or {}),
+                        "PREDICTD_CANCEL_FD": str(cancel_read),
+                    },
+                )
+            finally:
+                os.close(cancel_read)  # the worker has its own copy
             return await cls._handshake(proc, timeout, cancel_write)
         except BaseException:
             os.close(cancel_write)
@@ -146,8 +143,9 @@ class WorkerProcess:
         return message
 
     def send(self, prediction_id: str, inputs: dict[str, Any]) -> bool:
-        """Hand the worker a prediction; it runs its predictions in the order sent. False: the worker is gone.
-        (The pipe's buffer takes the line at once; a worker that stops reading is caught by the deadline.)"""
+        """Hand the worker a prediction; it runs its predictions in the order sent. False: the worker is gone
+        (answer() then reports WorkerDied). The pipe's buffer takes the line at once; a worker that stops
+        reading is caught by the deadline."""
         assert self._proc.stdin is not None
         if self._proc.stdin.is_closing():
             return False
@@ -159,14 +157,9 @@ class WorkerProcess:
             return False
         return True
 
-    async def run(self, prediction_id: str, inputs: dict[str, Any], timeout: float) -> Outcome:
-        """Run one prediction. On deadline the worker is interrupted, and killed if it does not stop."""
-        if not self.send(prediction_id, inputs):
-            return WorkerDied("worker was gone before the prediction reached it")
-        return await self.answer(prediction_id, timeout)
-
     async def answer(self, prediction_id: str, timeout: float) -> Outcome:
-        """The outcome of a prediction sent earlier, once every prediction sent before it has answered."""
+        """The outcome of a prediction sent earlier, once every prediction sent before it has answered.
+        On deadline the worker is interrupted, and killed if it does not stop."""
         # asyncio.timeout rather than wait_for: on Python 3.11 wait_for runs the read in a task of its own,
         # two more turns of the event loop per prediction, which a busy API process feels in throughput.
         try:

@@ -50,7 +50,7 @@ class Slot:
     last_error: str = ""
     tried: asyncio.Event = field(default_factory=asyncio.Event)
     current: str | None = None
-    ahead: dict[str, Job] = field(default_factory=dict)  # sent to the worker after ``current``, in order
+    ahead: set[str] = field(default_factory=set)  # predictions sent to the worker after ``current``
     ever_ready: bool = False
     starting: bool = False
 
@@ -216,7 +216,7 @@ class Supervisor:
                     break
                 await self._send(slot, job, sent)
             job, prediction = sent.popleft()
-            slot.ahead.pop(job.prediction_id, None)
+            slot.ahead.discard(job.prediction_id)
             await self._finish_one(slot, job, prediction)
 
     def _may_send_ahead(self, slot: Slot) -> bool:
@@ -236,7 +236,7 @@ class Supervisor:
         assert slot.worker is not None
         slot.worker.send(prediction_id, prediction.input)  # a dead worker is noticed by answer()
         if sent:
-            slot.ahead[prediction_id] = job
+            slot.ahead.add(prediction_id)
         sent.append((job, prediction))
 
     async def _finish_one(self, slot: Slot, job: Job, prediction: Prediction) -> None:
