@@ -179,9 +179,11 @@ def worker(
 
 
 async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any) -> None:
+    import os
     import signal
+    import sys
 
-    from .scaled import start_worker
+    from .scaled import STOP_OVERRUN_S, start_worker, stop_within
 
     node = await start_worker(settings, renderers, only)
     stopping = asyncio.Event()
@@ -192,7 +194,10 @@ async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any
         f"predictd worker {node.announcer.worker_id} serving {', '.join(only or ['all models'])}", flush=True
     )
     await stopping.wait()
-    await node.stop()
+    if not await stop_within(node.stop, settings.shutdown_grace_s + STOP_OVERRUN_S):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # not SystemExit: asyncio.run would wait again for the tasks that did not end
 
 
 @keys_app.command("create")

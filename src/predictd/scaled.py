@@ -4,6 +4,7 @@ assembled from the same parts as embedded mode (assemble.py) with PostgreSQL sta
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ from .runtime.supervisor import Supervisor
 from .webhooks import Planner, Renderer
 
 log = structlog.get_logger("predictd")
+
+# How long a worker's stop may run past its shutdown grace before it is given up (see stop_within).
+STOP_OVERRUN_S = 15.0
 
 
 def _redis(settings: Settings) -> tuple[Redis, RedisKeys]:
@@ -161,7 +165,32 @@ async def start_worker(
         await supervisor.close(settings.shutdown_grace_s)
         await source.close()
         await notifier.close()
+        await releases.drain()
         await redis.aclose()
         await store.close()
 
     return WorkerNode(supervisor, announcer, stop)
+
+
+async def stop_within(stop: Callable[[], Awaitable[None]], limit_s: float) -> bool:
+    """Run ``stop``; False if it has not ended within ``limit_s``, after logging where every task still
+    pending is waiting. A stop must always end: a worker that never exits holds its host's slot, and
+    a supervisor (systemd, Kubernetes) can only kill it; leases hand its predictions over either way."""
+    stopping = asyncio.ensure_future(stop())
+    done, _ = await asyncio.wait({stopping}, timeout=limit_s)
+    if done:
+        stopping.result()
+        return True
+    # Read the stacks before cancelling: a cancelled wait no longer shows what it was waiting for.
+    log.error("stop overran; giving up on it", limit_s=limit_s, pending=pending_tasks())
+    stopping.cancel()
+    return False
+
+
+def pending_tasks() -> str:
+    """The stack of every task of the running loop but the caller's, for a log line."""
+    text = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(file=text)
+    return text.getvalue()

@@ -1,0 +1,39 @@
+"""A `predictd worker` always ends after a stop signal: a stop that hangs is given up, and the log says
+what it was waiting for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from structlog.testing import capture_logs
+
+from predictd.scaled import stop_within
+
+
+async def test_a_stop_that_ends_in_time_is_not_reported() -> None:
+    async def stop() -> None:
+        await asyncio.sleep(0.01)
+
+    with capture_logs() as logs:
+        assert await stop_within(stop, 5.0) is True
+    assert logs == []
+
+
+async def test_a_stop_that_hangs_is_given_up_with_the_stacks_of_what_it_waits_for() -> None:
+    never = asyncio.Event()
+
+    async def wait_for_a_reply_that_never_comes() -> None:
+        await never.wait()
+
+    async def stop() -> None:
+        await asyncio.gather(asyncio.create_task(wait_for_a_reply_that_never_comes()))
+
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert await stop_within(stop, 0.2) is False
+    assert time.monotonic() - started < 5
+    (entry,) = logs
+    assert entry["event"] == "stop overran; giving up on it"
+    assert entry["log_level"] == "error"
+    assert "wait_for_a_reply_that_never_comes" in entry["pending"]
