@@ -173,10 +173,20 @@ async def start_worker(
 
 
 async def stop_within(stop: Callable[[], Awaitable[None]], limit_s: float) -> bool:
-    """Run ``stop``; False if it has not ended within ``limit_s``, after logging where every task still
-    pending is waiting. A stop must always end: a worker that never exits holds its host's slot, and
-    a supervisor (systemd, Kubernetes) can only kill it; leases hand its predictions over either way."""
-    stopping = asyncio.ensure_future(stop())
+    """Run ``stop``, then cancel every task it left running; False if all that has not ended within
+    ``limit_s``, after logging where each task still pending is waiting. A stop must always end: a worker
+    that never exits holds its host's slot, and a supervisor (systemd, Kubernetes) can only kill it; leases
+    hand its predictions over either way."""
+    caller = asyncio.current_task()
+
+    async def stop_and_sweep() -> None:
+        await stop()
+        left = asyncio.all_tasks() - {caller, asyncio.current_task()}
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+    stopping = asyncio.ensure_future(stop_and_sweep())
     done, _ = await asyncio.wait({stopping}, timeout=limit_s)
     if done:
         stopping.result()

@@ -4,6 +4,7 @@ what it was waiting for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from structlog.testing import capture_logs
@@ -37,3 +38,30 @@ async def test_a_stop_that_hangs_is_given_up_with_the_stacks_of_what_it_waits_fo
     assert entry["event"] == "stop overran; giving up on it"
     assert entry["log_level"] == "error"
     assert "wait_for_a_reply_that_never_comes" in entry["pending"]
+
+
+async def test_tasks_the_stop_left_are_cancelled_and_one_that_refuses_is_reported() -> None:
+    released = asyncio.Event()
+
+    async def polite() -> None:
+        await asyncio.Event().wait()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallows cancels until released
+                await released.wait()
+
+    async def stop() -> None:
+        await asyncio.sleep(0)
+
+    quiet = asyncio.create_task(polite())
+    refusing = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        assert await stop_within(stop, 0.2) is False
+    assert quiet.cancelled()
+    (entry,) = logs
+    assert "stubborn" in entry["pending"]
+    assert "polite" not in entry["pending"]
+    released.set()
+    await refusing
