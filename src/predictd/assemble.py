@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from .background import cancel_and_wait
 from .config import ModelConfig, Settings
 from .dispatch.local import LocalBroker, LocalNotifier
 from .domain import Plan, utcnow
@@ -53,9 +54,7 @@ class Deployment:
     redis: tuple[Redis, RedisKeys] | None = None  # scaled out: state shared by the API processes
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         for closer in reversed(self.closers):
             try:
                 await closer()

@@ -63,10 +63,12 @@ class RedisKeys:
 
 
 def connect(url: str) -> Redis:
-    # No socket timeout: XREADGROUP and pub/sub block on purpose; dead peers are found by keepalive and
-    # health checks, and every loop that uses the connection retries with backoff.
+    # An answer is awaited at most 5 s (redis-py's default, stated here): a Redis that hangs fails requests
+    # instead of hanging them. Blocking reads stay under it (XREADGROUP blocks 2 s; pub/sub polls pass their
+    # own timeout). Every loop that uses the connection retries with backoff.
     return Redis.from_url(
         url,
+        socket_timeout=5.0,
         socket_connect_timeout=5.0,
         socket_keepalive=True,
         health_check_interval=15,

@@ -4,9 +4,9 @@ assembled from the same parts as embedded mode (assemble.py) with PostgreSQL sta
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import start_http_server
@@ -22,7 +22,7 @@ from .assemble import (
     watch_model,
     webhook_dispatcher,
 )
-from .background import Background
+from .background import Background, cancel_and_wait
 from .config import Settings
 from .dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
 from .dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
@@ -158,9 +158,7 @@ async def start_worker(
 
     async def stop() -> None:
         # Stop announcing before withdrawing, so that no late announcement brings this worker back.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await announcer.withdraw()
         await supervisor.close(settings.shutdown_grace_s)
         await source.close()
@@ -181,10 +179,7 @@ async def stop_within(stop: Callable[[], Awaitable[None]], limit_s: float) -> bo
 
     async def stop_and_sweep() -> None:
         await stop()
-        left = asyncio.all_tasks() - {caller, asyncio.current_task()}
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
+        await cancel_and_wait(asyncio.all_tasks() - {caller, asyncio.current_task()})
 
     stopping = asyncio.ensure_future(stop_and_sweep())
     done, _ = await asyncio.wait({stopping}, timeout=limit_s)
@@ -198,9 +193,17 @@ async def stop_within(stop: Callable[[], Awaitable[None]], limit_s: float) -> bo
 
 
 def pending_tasks() -> str:
-    """The stack of every task of the running loop but the caller's, for a log line."""
-    text = io.StringIO()
+    """Where every task of the running loop but the caller's is waiting, for a log line: the whole chain
+    of coroutines each one awaits (Task.print_stack shows only the outermost)."""
+    lines: list[str] = []
     for task in asyncio.all_tasks():
-        if task is not asyncio.current_task():
-            task.print_stack(file=text)
-    return text.getvalue()
+        if task is asyncio.current_task():
+            continue
+        lines.append(f"{task!r}")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(lines)

@@ -209,7 +209,8 @@ class Dispatcher:
         due = await self._store.next_delivery_at()
         delay = 5.0 if due is None else max(0.0, (due - utcnow()).total_seconds())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), min(delay, 5.0))
+            async with asyncio.timeout(min(delay, 5.0)):
+                await self._wake.wait()
 
     async def _drain(self) -> None:
         while True:

@@ -9,6 +9,7 @@ import time
 
 from structlog.testing import capture_logs
 
+from predictd.background import cancel_and_wait
 from predictd.scaled import stop_within
 
 
@@ -65,3 +66,25 @@ async def test_tasks_the_stop_left_are_cancelled_and_one_that_refuses_is_reporte
     assert "polite" not in entry["pending"]
     released.set()
     await refusing
+
+
+async def test_a_task_that_drops_a_cancel_is_cancelled_again_until_it_ends() -> None:
+    dropped = 0
+
+    async def loop_that_drops_cancels() -> None:
+        # As redis-py's send does on Python 3.11 when the cancel meets the completing write (gh-86296).
+        nonlocal dropped
+        while dropped < 2:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                dropped += 1
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(loop_that_drops_cancels())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await cancel_and_wait([task], recancel_s=0.05)
+    assert task.cancelled()
+    assert dropped == 2
+    assert time.monotonic() - started < 5

@@ -26,7 +26,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..background import Background
+from ..background import Background, cancel_and_wait
 from ..domain import Prediction
 from ..ports import CancelHandler, Job, Store
 from ..redis_keys import CONSUMER_GROUP, RedisKeys
@@ -143,9 +143,7 @@ class RedisWorkSource:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     async def _ensure_group(self, model: str) -> None:
         # From id 0: entries added before the group existed (after Redis lost it) are read too.
@@ -320,8 +318,7 @@ class RedisNotifier:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         await self._announcements.drain()
 
     async def _listen(self) -> None:

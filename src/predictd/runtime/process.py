@@ -114,7 +114,8 @@ class WorkerProcess:
         cls, proc: asyncio.subprocess.Process, timeout: float, cancel_fd: int
     ) -> WorkerProcess:
         try:
-            message = await asyncio.wait_for(cls._read(proc), timeout)
+            async with asyncio.timeout(timeout):
+                message = await cls._read(proc)
         except TimeoutError:
             await _terminate(proc)
             raise WorkerStartError(f"model setup did not finish within {timeout:g} s") from None
@@ -225,7 +226,8 @@ async def _terminate(proc: asyncio.subprocess.Process, graceful: bool = True) ->
         else:
             proc.kill()
     try:
-        await asyncio.wait_for(proc.wait(), 5.0 if graceful else 2.0)
+        async with asyncio.timeout(5.0 if graceful else 2.0):
+            await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from ..background import cancel_and_wait
 from ..config import ModelConfig
 from ..domain import ModelInfo, Prediction
 from ..ports import Job, WorkSource
@@ -126,7 +127,8 @@ class Supervisor:
                 self._tasks.append(asyncio.create_task(self._slot_loop(slot), name=f"slot-{slot.model.slug}"))
         waits = [slot.tried.wait() for slots in self._slots.values() for slot in slots]
         if waits:
-            await asyncio.wait_for(asyncio.gather(*waits), self._start_timeout_s + 5.0)
+            async with asyncio.timeout(self._start_timeout_s + 5.0):
+                await asyncio.gather(*waits)
 
     async def close(self, grace_s: float) -> None:
         """Stop taking work, give running predictions ``grace_s`` to finish, then stop every worker.
@@ -134,10 +136,9 @@ class Supervisor:
         self._closing = True
         if self._busy():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_idle(), grace_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+                async with asyncio.timeout(grace_s):
+                    await self._wait_idle()
+        await cancel_and_wait(self._tasks)
         await asyncio.gather(
             *(s.worker.stop() for slots in self._slots.values() for s in slots if s.worker is not None),
             return_exceptions=True,
