@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +34,7 @@ import pytest
 
 from predictd import keys
 from predictd.config import BUILTIN_MODELS
-from predictd.store import open_store
+from predictd.store import SqlStore, open_store
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,15 +118,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _mint_key(database_url: str, account: str) -> str:
-    store = await open_store(database_url)
-    try:
-        owner = await store.get_account_by_name(account) or await store.create_account(account)
-        new = keys.generate_key()
-        await store.create_key(owner.id, new.digest, new.prefix, "test")
-        return new.secret
-    finally:
-        await store.close()
+async def revoke_key_of(store: SqlStore, secret: str) -> None:
+    """Revoke the key whose secret is given, as `predictd keys revoke` does by its id."""
+    found = await store.find_key(keys.digest(secret))
+    assert found is not None
+    assert await store.revoke_key(found[0].id)
+
+
+async def _mint_key(store: SqlStore, account: str) -> str:
+    owner = await store.get_account_by_name(account) or await store.create_account(account)
+    new = keys.generate_key()
+    await store.create_key(owner.id, new.digest, new.prefix, "test")
+    return new.secret
 
 
 def sleep_slots(config: str) -> str:
@@ -388,7 +391,21 @@ class Server:
             run_sync(_forget_redis_prefix(self.env["PREDICTD_REDIS_URL"], self.redis_prefix))
 
     def key(self, account: str | None = None) -> str:
-        return run_sync(_mint_key(self.database_url, account or f"acct-{uuid.uuid4().hex[:8]}"))
+        name = account or f"acct-{uuid.uuid4().hex[:8]}"
+        return self.with_store(lambda store: _mint_key(store, name))
+
+    def with_store(self, action: Callable[[SqlStore], Coroutine[Any, Any, T]]) -> T:
+        """Run ``action`` on this deployment's store (SQLite or PostgreSQL), opened beside the server's own
+        connections and closed afterwards: for reading what the API does not show, or minting keys."""
+
+        async def run() -> T:
+            store = await open_store(self.database_url)
+            try:
+                return await action(store)
+            finally:
+                await store.close()
+
+        return run_sync(run())
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"x-api-key": key} if key else {}

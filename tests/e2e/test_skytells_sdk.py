@@ -14,10 +14,7 @@ from typing import Any
 import pytest
 import skytells
 
-from predictd import keys
-from predictd.store import open_store
-
-from ..conftest import Server, run_sync
+from ..conftest import Server, revoke_key_of
 
 SDK_INTERVAL = {"interval": 50}
 
@@ -71,16 +68,6 @@ def poll_until(
 
 def created_day(prediction: dict[str, Any]) -> date:
     return datetime.fromisoformat(prediction["created_at"].replace("Z", "+00:00")).astimezone(UTC).date()
-
-
-async def _revoke(database_url: str, secret: str) -> None:
-    store = await open_store(database_url)
-    try:
-        found = await store.find_key(keys.digest(secret))
-        assert found is not None
-        assert await store.revoke_key(found[0].id)
-    finally:
-        await store.close()
 
 
 # -- running predictions -----------------------------------------------------------------------------------
@@ -344,7 +331,7 @@ def test_unauthorized(server: Server) -> None:
     secret = server.key()
     revocable = sdk(server, secret)
     assert revocable.run("echo", input={"text": "before"}).output == "before"
-    run_sync(_revoke(server.database_url, secret))
+    server.with_store(lambda store: revoke_key_of(store, secret))
     expect_error(lambda: revocable.run("echo", input={"text": "after"}), "UNAUTHORIZED", 401)
     expect_error(lambda: revocable.predictions.list(), "UNAUTHORIZED", 401)
 

@@ -13,7 +13,7 @@ import pytest
 
 from predictd.errors import ErrorId
 
-from ..conftest import FIXTURE_MODELS, Server, run_sync
+from ..conftest import FIXTURE_MODELS, Server
 from .test_fashn_api import assert_fashn_error
 from .test_native_api import assert_error
 
@@ -291,23 +291,19 @@ def test_admin_api_is_off_without_an_admin_key(server: Server) -> None:
 
 def _ledger_totals(server: Server, account: str) -> dict[str, float]:
     from predictd.domain import from_micros
-    from predictd.store import open_store
+    from predictd.store import SqlStore
 
-    async def read() -> dict[str, float]:
-        store = await open_store(server.database_url)
-        try:
-            found = await store.get_account_by_name(account)
-            assert found is not None
-            entries = await store.ledger(found.id, limit=100_000)
-            credits = await store.credits(found.id)
-        finally:
-            await store.close()
+    async def read(store: SqlStore) -> dict[str, float]:
+        found = await store.get_account_by_name(account)
+        assert found is not None
+        entries = await store.ledger(found.id, limit=100_000)
+        credits = await store.credits(found.id)
         totals: dict[str, float] = {"reserved": from_micros(credits.reserved_micros)}
         for entry in entries:
             totals[entry.kind] = totals.get(entry.kind, 0.0) + from_micros(entry.amount_micros)
         return totals
 
-    return run_sync(read())
+    return server.with_store(read)
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -12,9 +12,9 @@ import pytest
 
 from predictd import keys
 from predictd.domain import AccountStatus
-from predictd.store import open_store
+from predictd.store import SqlStore
 
-from ..conftest import Server, run_sync
+from ..conftest import Server, revoke_key_of
 
 COOKIE = "predictd_console"
 
@@ -39,34 +39,16 @@ def csrf_of(client: httpx.Client, path: str = "/console/keys") -> str:
     return found.group(1)
 
 
-async def _key_rows(database_url: str, key: str) -> list[tuple[str, bool]]:
-    store = await open_store(database_url, migrate=False)
-    try:
-        found = await store.find_key(keys.digest(key))
-        assert found is not None
-        return [(k.prefix, k.revoked_at is not None) for k in await store.list_keys(found[1].id)]
-    finally:
-        await store.close()
+async def _key_rows(store: SqlStore, key: str) -> list[tuple[str, bool]]:
+    found = await store.find_key(keys.digest(key))
+    assert found is not None
+    return [(k.prefix, k.revoked_at is not None) for k in await store.list_keys(found[1].id)]
 
 
-async def _revoke(database_url: str, key: str) -> None:
-    store = await open_store(database_url, migrate=False)
-    try:
-        found = await store.find_key(keys.digest(key))
-        assert found is not None
-        assert await store.revoke_key(found[0].id)
-    finally:
-        await store.close()
-
-
-async def _set_status(database_url: str, key: str, status: AccountStatus) -> None:
-    store = await open_store(database_url, migrate=False)
-    try:
-        found = await store.find_key(keys.digest(key))
-        assert found is not None
-        await store.update_account(found[1].id, status=status.value, status_reason="test")
-    finally:
-        await store.close()
+async def _set_status(store: SqlStore, key: str, status: AccountStatus) -> None:
+    found = await store.find_key(keys.digest(key))
+    assert found is not None
+    await store.update_account(found[1].id, status=status.value, status_reason="test")
 
 
 @pytest.fixture
@@ -151,7 +133,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
     server: Server, key: str, signed: httpx.Client
 ) -> None:
     csrf = csrf_of(signed)
-    before = run_sync(_key_rows(server.database_url, key))
+    before = server.with_store(lambda store: _key_rows(store, key))
     attempts = [
         signed.post("/console/keys", data={"label": "no token"}),
         signed.post("/console/keys", data={"label": "bad token", "csrf": "x" * 43}),
@@ -169,7 +151,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
         signed.post("/console/logout", data={"csrf": ""}),
     ]
     assert [a.status_code for a in attempts] == [403] * len(attempts)
-    assert run_sync(_key_rows(server.database_url, key)) == before
+    assert server.with_store(lambda store: _key_rows(store, key)) == before
     assert signed.get("/console/predictions").status_code == 200  # still signed in: logout was refused
 
     made = signed.post(
@@ -179,7 +161,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
     assert made.headers["cache-control"] == "no-store"
     secret = re.search(r'id="new-key" value="([^"]+)"', made.text)
     assert secret is not None
-    assert len(run_sync(_key_rows(server.database_url, key))) == len(before) + 1
+    assert len(server.with_store(lambda store: _key_rows(store, key))) == len(before) + 1
 
     out = signed.post("/console/logout", data={"csrf": csrf})
     assert out.status_code == 303
@@ -236,20 +218,20 @@ def test_pages_forbid_framing_inline_scripts_and_caching(server: Server, signed:
 
 def test_a_key_revoked_elsewhere_ends_its_sessions(server: Server, key: str, signed: httpx.Client) -> None:
     assert signed.get("/console/keys").status_code == 200
-    run_sync(_revoke(server.database_url, key))
+    server.with_store(lambda store: revoke_key_of(store, key))
     assert signed.get("/console/keys").headers["location"] == "/console/login?next=%2Fconsole%2Fkeys"
     assert signed.get("/v1/account").status_code == 401
 
 
 def test_a_suspended_account_is_told_so(server: Server, key: str, signed: httpx.Client) -> None:
-    run_sync(_set_status(server.database_url, key, AccountStatus.SUSPENDED))
+    server.with_store(lambda store: _set_status(store, key, AccountStatus.SUSPENDED))
     try:
         page = signed.get("/console/predictions")
         assert page.status_code == 401
         assert "ACCOUNT_SUSPENDED" in page.text
         assert signed.get("/v1/account").json()["error_id"] == "ACCOUNT_SUSPENDED"
     finally:
-        run_sync(_set_status(server.database_url, key, AccountStatus.ACTIVE))
+        server.with_store(lambda store: _set_status(store, key, AccountStatus.ACTIVE))
     assert signed.get("/console/predictions").status_code == 200
 
 
@@ -263,9 +245,9 @@ def test_another_accounts_prediction_and_keys_are_out_of_reach(server: Server, s
     assert "mine" not in page.text
     assert theirs["id"] not in signed.get("/console/predictions").text
 
-    found = run_sync(_key_rows(server.database_url, other))
+    found = server.with_store(lambda store: _key_rows(store, other))
     assert found == [(other[:10], False)]
-    store_id = run_sync(_key_id(server.database_url, other))
+    store_id = server.with_store(lambda store: _key_id(store, other))
     csrf = csrf_of(signed)
     refused = signed.post(f"/console/keys/{store_id}/revoke", data={"csrf": csrf})
     assert refused.status_code == 404
@@ -273,14 +255,10 @@ def test_another_accounts_prediction_and_keys_are_out_of_reach(server: Server, s
         assert neighbour.get("/v1/account").status_code == 200
 
 
-async def _key_id(database_url: str, key: str) -> str:
-    store = await open_store(database_url, migrate=False)
-    try:
-        found = await store.find_key(keys.digest(key))
-        assert found is not None
-        return found[0].id
-    finally:
-        await store.close()
+async def _key_id(store: SqlStore, key: str) -> str:
+    found = await store.find_key(keys.digest(key))
+    assert found is not None
+    return found[0].id
 
 
 def test_bad_filters_are_explained_on_the_page(signed: httpx.Client) -> None:

@@ -13,9 +13,9 @@ import pytest
 
 from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
-from predictd.store import open_store
+from predictd.store import SqlStore
 
-from ..conftest import ONE_SLEEP_SLOT_SENDING_AHEAD, Server, run_sync
+from ..conftest import ONE_SLEEP_SLOT_SENDING_AHEAD, Server, revoke_key_of
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -195,35 +195,19 @@ def test_unauthorized_missing_unknown_and_revoked(server: Server) -> None:
     key = server.key()
     with server.client(key) as client:
         assert client.get("/v1/models").status_code == 200
-        run_sync(_revoke_all(server.database_url, key))
+        server.with_store(lambda store: revoke_key_of(store, key))
         assert_error(client.get("/v1/models"), ErrorId.UNAUTHORIZED, "revoked")
 
 
-async def _revoke_all(database_url: str, secret: str) -> None:
-    from predictd import keys
-
-    store = await open_store(database_url)
-    try:
-        found = await store.find_key(keys.digest(secret))
-        assert found is not None
-        assert await store.revoke_key(found[0].id)
-    finally:
-        await store.close()
-
-
-async def _suspend(database_url: str, name: str) -> None:
-    store = await open_store(database_url)
-    try:
-        account = await store.get_account_by_name(name)
-        assert account is not None
-        await store.update_account(account.id, status=AccountStatus.SUSPENDED)
-    finally:
-        await store.close()
+async def _suspend(store: SqlStore, name: str) -> None:
+    account = await store.get_account_by_name(name)
+    assert account is not None
+    await store.update_account(account.id, status=AccountStatus.SUSPENDED)
 
 
 def test_suspended_account(server: Server) -> None:
     key = server.key("to-suspend")
-    run_sync(_suspend(server.database_url, "to-suspend"))
+    server.with_store(lambda store: _suspend(store, "to-suspend"))
     with server.client(key) as client:
         assert_error(client.get("/v1/models"), ErrorId.ACCOUNT_SUSPENDED, "suspended")
 

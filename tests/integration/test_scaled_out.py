@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from predictd.errors import ErrorId
-from predictd.store import open_store
+from predictd.store import SqlStore
 
 from ..conftest import FIXTURE_MODELS, Server, free_port, run_sync
 from .test_billing_and_policy import ADMIN_KEY, Operator, _ledger_totals
@@ -114,17 +114,13 @@ def stored_predictions(server: Server, account: str) -> dict[str, Any]:
     """Every prediction of the account in PostgreSQL, by id (the store, not the API)."""
     from predictd.ports import ListQuery
 
-    async def read() -> dict[str, Any]:
-        store = await open_store(server.database_url)
-        try:
-            found = await store.get_account_by_name(account)
-            assert found is not None
-            page = await store.list_predictions(ListQuery(found.id, page=1, per_page=100_000))
-            return {p.id: p for p in page.items}
-        finally:
-            await store.close()
+    async def read(store: SqlStore) -> dict[str, Any]:
+        found = await store.get_account_by_name(account)
+        assert found is not None
+        page = await store.list_predictions(ListQuery(found.id, page=1, per_page=100_000))
+        return {p.id: p for p in page.items}
 
-    return run_sync(read())
+    return server.with_store(read)
 
 
 def assert_balanced(server: Server, account: str, finals: dict[str, dict[str, Any]]) -> dict[str, float]:
