@@ -67,6 +67,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    # Stable: each module keeps its own order (and its module-scoped deployments stay shared).
+    items.sort(key=_slowest_first)
+
+
+# The slowest modules, slowest first (seconds in one two-worker run on the 2-core CI machine): `bin/dev test`
+# hands whole modules to two xdist workers in this order, and a long module taken last would leave one
+# worker running it alone. Only an order: a module not listed runs after these, in the usual order.
+SLOWEST_MODULES = (
+    "integration/test_admin_cli.py",  # 176 s: a CLI process per step
+    "integration/test_client_cli.py",  # 142
+    "integration/test_billing_and_policy.py",  # 138
+    "integration/test_scaled_out.py",  # 117
+    "integration/test_webhooks.py",  # 112
+    "integration/test_bad_input.py",  # 110
+    "integration/test_fashn_api.py",  # 110
+    "e2e/test_fashn_sdk.py",  # 98
+    "integration/test_models.py",  # 95
+    "e2e/test_console.py",  # 93
+    "integration/test_native_api.py",  # 75
+    "integration/test_faults.py",  # 69
+    "integration/test_fuzz.py",  # 63
+    "integration/test_load.py",  # 59
+    "integration/test_recovery.py",  # 58
+    "integration/test_sdk.py",  # 56
+)
+_RANK = {module: rank for rank, module in enumerate(SLOWEST_MODULES)}
+
+
+def _slowest_first(item: pytest.Item) -> int:
+    module = item.path.relative_to(ROOT / "tests").as_posix()
+    return _RANK.get(module, len(_RANK))
 
 
 async def _pg_admin(statement: str) -> None:
