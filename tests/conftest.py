@@ -71,9 +71,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_slowest_first)
 
 
-# The slowest modules, slowest first (seconds in one two-worker run on the 2-core CI machine): `bin/dev test`
-# hands whole modules to two xdist workers in this order, and a long module taken last would leave one
-# worker running it alone. Only an order: a module not listed runs after these, in the usual order.
+# The slowest modules, slowest first (seconds in one two-worker run on the 2-core CI machine, slowed by a
+# stray process: the order counts, not the figures): `bin/dev test` hands whole modules to two xdist workers
+# in this order, and a long module taken last would leave one worker running it alone. Only an order: a
+# module not listed runs after these, in the usual order.
 SLOWEST_MODULES = (
     "integration/test_admin_cli.py",  # 176 s: a CLI process per step
     "integration/test_client_cli.py",  # 142
