@@ -309,6 +309,30 @@ def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
         assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
 
 
+@pytest.mark.backends("embedded")
+def test_an_internal_error_on_a_routed_request_is_answered_and_logged_once(make_server: Any) -> None:
+    """The direct routes answer their own errors; every other route goes through Starlette's error layer,
+    which answers and then re-raises: the error must still be logged once, with its request id, and not
+    reach uvicorn (which would log it again and drop the keep-alive connection)."""
+    locked = make_server("sqlite_busy_timeout_ms = 200\n")
+    key = locked.key()
+    holder = sqlite3.connect(locked.data_dir / "predictd.sqlite3", isolation_level=None)
+    with locked.client(key) as client:
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            response = client.post("/v1/webhooks/secret/rotate")  # routed, written through SQLAlchemy
+            body = assert_error(response, ErrorId.INTERNAL_ERROR, response.headers["x-request-id"])
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        # uvicorn would log after the answer: a later answer on the same connection comes after that.
+        assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
+    log = locked.log()
+    assert log.count(body["request_id"]) == 1, "logged once, with its request id"
+    assert log.count("unhandled error") == 1
+    assert "Exception in ASGI application" not in log
+
+
 # -- cancel, delete, list, models ----------------------------------------------------------------------
 
 

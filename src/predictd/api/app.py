@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..assemble import Deployment, start_embedded
@@ -63,7 +65,7 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
         request,
         ApiError(ErrorId.INTERNAL_ERROR, f"An unexpected error occurred; quote request id {request_id}."),
     )
-    # Starlette answers unhandled errors from its outermost layer, outside RequestContext.
+    # Starlette's error layer answers a routed request's unhandled errors before RequestContext sees them.
     response.headers["x-request-id"] = request_id
     return response
 
@@ -88,6 +90,23 @@ def _fast_routes() -> FastRoutes:
     return FastRoutes(routes, authenticated)
 
 
+class PredictdApp(FastAPI):
+    """FastAPI with ``RequestContext`` outermost, outside even Starlette's error middleware, so that the hot
+    routes it dispatches directly skip every layer of the stack (about 10 us of a status read), not only
+    the router. Every other request goes on through the whole stack as usual."""
+
+    def __init__(self, context: Callable[[ASGIApp], RequestContext], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.context = context(self._whole_stack)
+
+    async def _whole_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # what Starlette sets on the way in, which the direct routes do not pass
+        await self.context(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
@@ -106,7 +125,15 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await deployment.close()
 
-    app = FastAPI(
+    app = PredictdApp(
+        lambda whole_stack: RequestContext(
+            whole_stack,
+            max_body_bytes=settings.max_body_bytes,
+            metrics=metrics,
+            on_unhandled=_on_unhandled,
+            fast_routes=_fast_routes(),
+            render_error=_render,
+        ),
         title="predictd",
         version=__version__,
         summary="Self-hostable prediction API, wire-compatible with the Skytells and FASHN APIs.",
@@ -145,12 +172,4 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=settings.max_body_bytes,
-        metrics=metrics,
-        on_unhandled=_on_unhandled,
-        fast_routes=_fast_routes(),
-        render_error=_render,
-    )
     return app

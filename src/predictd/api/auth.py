@@ -12,14 +12,25 @@ from .state import deployment_of, service_of
 
 
 def presented_key(request: Request) -> str | None:
-    """Both surfaces' headers are accepted on every path: a client sending the other one is not wrong."""
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    authorization = request.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
+    """Both surfaces' headers are accepted on every path: a client sending the other one is not wrong.
+
+    Read from the raw ASGI headers (names arrive lower-cased), the first of each name as Starlette would:
+    every request runs this, and a header mapping costs more than the scan."""
+    api_key: bytes | None = None
+    authorization: bytes | None = None
+    name: bytes
+    value: bytes
+    for name, value in request.scope["headers"]:
+        if name == b"x-api-key" and api_key is None:
+            api_key = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+    if api_key:
+        return api_key.decode("latin-1").strip()
+    if authorization:
+        scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
     return None
 
 

@@ -3,6 +3,7 @@ direct dispatch of the hottest routes."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
@@ -11,7 +12,6 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.convertors import StringConvertor
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +26,38 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(
         ErrorId.INFRASTRUCTURE_ERROR, f"The request body exceeds this deployment's {limit} byte limit."
     )
+
+
+# A random tag per process and a counter: unique ids without reading the system's random source per request.
+_ID_TAG = secrets.token_hex(10)
+_ID_COUNTER = itertools.count()
+
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane one, otherwise a new ``req_`` + 32 hex digits."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(incoming):
+                return incoming
+            break
+    return f"req_{_ID_TAG}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _with_context_headers(
+    raw: Iterable[tuple[bytes, bytes]], request_id: str, extra: dict[str, str] | None
+) -> list[tuple[bytes, bytes]]:
+    """A response's headers plus the request id and ``extra``, each unless the response set it itself."""
+    headers = list(raw)
+    present = {name.lower() for name, _ in headers}
+    if b"x-request-id" not in present:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+    if extra:
+        for name, value in extra.items():
+            key = name.lower().encode("latin-1")
+            if key not in present:
+                headers.append((key, value.encode("latin-1")))
+    return headers
 
 
 UnhandledHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -92,12 +124,11 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else f"req_{secrets.token_hex(16)}"
+        request_id = _request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
-        started_response = False
+        started_response = completed_response = False
         limit = self.max_body_bytes
         received = 0
 
@@ -111,16 +142,15 @@ class RequestContext:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started_response
-            if message["type"] == "http.response.start":
+            nonlocal status, started_response, completed_response
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed_response = True
+            elif message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers.append("x-request-id", request_id)
-                for name, value in scope["state"].get("rate_headers", {}).items():
-                    if name not in headers:
-                        headers.append(name, value)
+                message["headers"] = _with_context_headers(
+                    message.get("headers", ()), request_id, scope["state"].get("rate_headers")
+                )
             await send(message)
 
         fast = self.fast_routes.match(scope) if self.fast_routes is not None else None
@@ -130,11 +160,13 @@ class RequestContext:
             else:
                 await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id)
         except Exception as exc:
-            # Answered here rather than by Starlette's outermost layer, which re-raises after answering:
-            # uvicorn would then log the traceback a second time (without the request id) and close the
-            # connection under a keep-alive client, whose next request would fail with a reset.
+            # Answered (or found answered) here rather than re-raised to uvicorn, which would log the
+            # traceback a second time (without the request id) and close the connection under a keep-alive
+            # client, whose next request would then fail with a reset.
+            if completed_response:
+                return  # Starlette's error layer answered through on_unhandled, then re-raised
             if started_response or self.on_unhandled is None:
-                raise
+                raise  # a response broken off midway: only closing the connection can tell the client
             response = await self.on_unhandled(Request(scope), exc)
             await response(scope, receive, send_with_id)
         finally:
