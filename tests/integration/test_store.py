@@ -303,10 +303,10 @@ async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_pa
     await store.create_key(alice.id, "a" * 64, "pd_alice", "ci")
     p = queued(alice.id)
     await store.insert_prediction(p)
-    for _ in range(2):  # the second read may come from memory
+    for _ in range(2):  # the reads may come from memory (the SQLite store remembers what it inserted)
         first = await store.get_prediction(p.id, alice.id)
-        assert first is not None
-        assert first.status is Status.QUEUED
+        assert first == p, "exactly the row as stored"
+        assert first is not p, "never the caller's own object, which the caller may go on changing"
         assert await store.get_prediction(p.id, bob.id) is None
         found = await store.find_key("a" * 64)
         assert found is not None

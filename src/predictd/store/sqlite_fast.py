@@ -457,10 +457,14 @@ class SqliteStore(SqlStore):
                     )
                 except sqlite3.IntegrityError:
                     raise IdempotencyKeyTaken(idempotency.key) from None
-            db.execute(_INSERT_PREDICTION, _prediction_values(prediction))
+            db.execute(_INSERT_PREDICTION, row)
 
+        row = _prediction_values(prediction)
         self._predictions.drop(prediction.id)
         await self._write(insert)
+        # Remembered as a read would return it, built from the stored values (not the caller's object): the
+        # worker's claim reads it next.
+        self._predictions.put(prediction.id, _prediction(row))
 
     async def get_prediction(self, prediction_id: str, account_id: str | None = None) -> Prediction | None:
         self._recent_valid(self.db)
