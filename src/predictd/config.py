@@ -306,7 +306,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return async_driver_url(self.database_url)
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'predictd.sqlite3').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'predictd.sqlite3').resolve()}"
 
     @property
     def scaled_out(self) -> bool:
@@ -325,11 +325,12 @@ class Settings(BaseSettings):
 
 
 def async_driver_url(url: str) -> str:
-    """Plain ``postgresql://`` / ``sqlite:///`` URLs name the async drivers predictd runs on."""
+    """Plain ``postgresql://`` URLs name the async driver predictd runs on. SQLite URLs are taken as they
+    are, whatever driver they name (``sqlite+aiosqlite://`` included): the store always uses the standard
+    sqlite3 module (see store/engines.py)."""
     for plain, driver in (
         ("postgresql://", "postgresql+asyncpg://"),
         ("postgres://", "postgresql+asyncpg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
     ):
         if url.startswith(plain):
             return driver + url[len(plain) :]

@@ -389,6 +389,36 @@ async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
     assert seen == {first.id: "processing", **{p.id: "queued" for p in many}}
 
 
+async def test_sqlite_calls_cancelled_while_the_database_is_locked_leave_the_store_whole(
+    tmp_path: Path,
+) -> None:
+    """Embedded mode runs SQLAlchemy's calls in worker threads. Callers cancelled while their call waits for
+    another process's lock (a shutdown, a timeout) must neither leak their connection nor share it between
+    two threads, and more waiting callers than there are threads must all get through once the lock goes."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
+    try:
+        holder = sqlite3.connect(tmp_path / "store.sqlite3", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        cancelled = [asyncio.create_task(store.create_account(f"gone-{i}")) for i in range(20)]
+        waiting = [asyncio.create_task(store.create_account(f"kept-{i}")) for i in range(40)]
+        await asyncio.sleep(0.3)
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        holder.execute("ROLLBACK")
+        holder.close()
+        kept = await asyncio.wait_for(asyncio.gather(*waiting), timeout=30)
+        assert sorted(a.name for a in kept) == sorted(f"kept-{i}" for i in range(40))
+        names = {a.name for a in await store.list_accounts()}
+        assert {f"kept-{i}" for i in range(40)} <= names
+        assert not any(n.startswith("gone-") for n in names), "a cancelled write is rolled back"
+        assert store.engine.sync_engine.pool.checkedout() == 0, "every connection went back to the pool"
+        for i in range(20):  # and the pool still serves
+            await store.create_account(f"after-{i}")
+    finally:
+        await store.close()
+
+
 async def test_a_process_starting_during_another_ones_migration_waits_for_it(tmp_path: Path) -> None:
     """An API process and its workers start together: the one that finds the migration lock taken waits
     for it, however short the requests' lock timeout (it used to fail to start)."""

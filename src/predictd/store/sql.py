@@ -1,4 +1,4 @@
-"""The Store port on SQLAlchemy Core (async): aiosqlite for embedded mode, asyncpg for scaled-out mode."""
+"""The Store port on SQLAlchemy Core: SQLite in embedded mode, asyncpg scaled out (see engines.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..domain import (
     TERMINAL,
@@ -51,6 +49,7 @@ from ..domain import (
     utcnow,
 )
 from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
+from .engines import Connection, Engine, ThreadedEngine
 from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (
     UTCDateTime,
@@ -80,24 +79,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# SQLAlchemy's defaults for a pooled SQLite file, stated because ThreadedEngine keeps a thread per connection.
+SQLITE_POOL_SIZE = 5
+SQLITE_POOL_OVERFLOW = 10
+
+
 def make_engine(
     url: str, *, sqlite_busy_timeout_ms: int = 5000, postgres_lock_timeout_ms: int = 5000
-) -> AsyncEngine:
+) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        from sqlalchemy import create_engine
+
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url,
+        sync_engine = create_engine(
+            parsed.set(drivername="sqlite"),  # the standard sqlite3 module, whatever driver the URL names
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_POOL_OVERFLOW,
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
-            connect_args={"timeout": sqlite_busy_timeout_ms / 1000},
+            # A pooled connection serves one coroutine at a time, from whichever worker thread runs its call.
+            connect_args={"timeout": sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
             # A database error's message, logged with an INTERNAL_ERROR's traceback, would otherwise carry
             # the statement's parameters: users' inputs, webhook URLs (often with a token), webhook secrets.
             hide_parameters=True,
         )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
+        event.listen(sync_engine, "connect", _sqlite_pragmas)
+        return ThreadedEngine(sync_engine, connections=SQLITE_POOL_SIZE + SQLITE_POOL_OVERFLOW)
+    from sqlalchemy.ext.asyncio import create_async_engine  # loads SQLAlchemy's ORM: PostgreSQL only
+
     return create_async_engine(
         url,
         json_serializer=_json_dumps,
@@ -207,7 +218,7 @@ _PREDICTION_COLUMNS = frozenset(c.name for c in predictions.columns)
 
 
 class SqlStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     @property
@@ -316,7 +327,7 @@ class SqlStore:
         return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
 
     @staticmethod
-    async def _credits(conn: AsyncConnection, account_id: str) -> Credits:
+    async def _credits(conn: Connection, account_id: str) -> Credits:
         row = (
             await conn.execute(
                 select(account_credits.c.balance_micros, account_credits.c.reserved_micros).where(
@@ -330,10 +341,17 @@ class SqlStore:
 
     def _change_totals(self, account_id: str, balance_micros: int, reserved_micros: int) -> Any:
         """Add to the account's running sums (creating its row); on PostgreSQL this locks the row."""
-        upsert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = upsert(account_credits).values(
-            account_id=account_id, balance_micros=balance_micros, reserved_micros=reserved_micros
-        )
+        values = {
+            "account_id": account_id,
+            "balance_micros": balance_micros,
+            "reserved_micros": reserved_micros,
+        }
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert  # not loaded in embedded mode
+
+            statement: Any = pg_insert(account_credits).values(**values)
+        else:
+            statement = sqlite_insert(account_credits).values(**values)
         return statement.on_conflict_do_update(
             index_elements=[account_credits.c.account_id],
             set_={
@@ -343,7 +361,7 @@ class SqlStore:
         )
 
     async def _add_entries(
-        self, conn: AsyncConnection, account_id: str, entries: list[tuple[str, int, str | None, str | None]]
+        self, conn: Connection, account_id: str, entries: list[tuple[str, int, str | None, str | None]]
     ) -> None:
         """Append ledger entries (kind, amount, prediction id, note) and move the account's sums with them,
         in the caller's transaction."""
@@ -379,7 +397,7 @@ class SqlStore:
             LedgerEntry(r.id, r.kind, r.amount_micros, r.prediction_id, r.note, r.created_at) for r in rows
         ]
 
-    async def _reserve(self, conn: AsyncConnection, prediction: Prediction, amount_micros: int) -> None:
+    async def _reserve(self, conn: Connection, prediction: Prediction, amount_micros: int) -> None:
         # Writing the account's sums row first serialises every change to this account's credits (a row
         # lock on PostgreSQL, the database write lock on SQLite), so the check below cannot race another
         # submit, a settlement or a grant.
@@ -391,7 +409,7 @@ class SqlStore:
             conn, prediction.account_id, [("reserve", amount_micros, prediction.id, None)]
         )
 
-    async def _settle(self, conn: AsyncConnection, prediction: Prediction) -> None:
+    async def _settle(self, conn: Connection, prediction: Prediction) -> None:
         """Close the prediction's reservation; charge its cost only if it succeeded."""
         held = (
             await conn.execute(
@@ -545,7 +563,7 @@ class SqlStore:
                 raise
             raise IdempotencyKeyTaken(idempotency.key) from None
 
-    async def _insert_prediction(self, conn: AsyncConnection, prediction: Prediction) -> None:
+    async def _insert_prediction(self, conn: Connection, prediction: Prediction) -> None:
         await conn.execute(
             insert(predictions).values(
                 id=prediction.id,
