@@ -42,14 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", default="1,8,32", help="no-op run concurrencies, comma-separated (default 1,8,32)"
     )
+    parser.add_argument(
+        "--rounds", type=int, help="times every run is repeated; rows show the median (default 3, quick 1)"
+    )
     parser.add_argument("--targets", help=f"comma-separated subset of: {', '.join(STARTERS)} (default: all)")
     args = parser.parse_args(argv)
     try:
         args.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
     except ValueError:
         parser.error("--concurrency takes integers separated by commas")
-    if min(args.concurrencies) < 1 or args.poll_ms < 0:
-        parser.error("concurrencies must be >= 1 and --poll-ms >= 0")
+    if min(args.concurrencies) < 1 or args.poll_ms < 0 or (args.rounds is not None and args.rounds < 1):
+        parser.error("concurrencies and --rounds must be >= 1 and --poll-ms >= 0")
     args.only = None if args.targets is None else frozenset(args.targets.split(","))
     if args.only is not None and not args.only <= set(STARTERS):
         parser.error(f"unknown target(s): {sorted(args.only - set(STARTERS))}")
@@ -63,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         timing.update(duration_s=args.duration)
     if args.warmup is not None:
         timing.update(warmup_s=args.warmup)
+    if args.rounds is not None:
+        timing.update(rounds=args.rounds)
     plan = Plan(concurrencies=args.concurrencies, poll_s=args.poll_ms / 1000.0, only=args.only, **timing)
     report = run(plan)
     report["checks"] = reporting.checks(report)
     print(orjson.dumps(report).decode() if args.json else reporting.render(report), flush=True)
-    predictd_rows = [r for r in report["rows"] if r["target"].startswith("predictd")]
+    predictd_rows = [r for r in report["all_rows"] if r["target"].startswith("predictd")]
     broken = [r for r in predictd_rows if "unavailable" in r or r.get("errors") or r.get("rejected")]
     return 1 if broken or any(n.startswith("predictd") for n in report["unavailable"]) else 0
 

@@ -39,10 +39,12 @@ class Plan:
     sleep_s: float
     poll_s: float
     only: frozenset[str] | None  # target names to run; None: all
+    rounds: int = 1  # every run is repeated this many times; each row shows its median round
 
 
-QUICK = {"warmup_s": 0.5, "duration_s": 2.0, "status_s": 2.0, "sleep_s": 3.0}
-FULL = {"warmup_s": 2.0, "duration_s": 10.0, "status_s": 5.0, "sleep_s": 10.0}
+QUICK = {"warmup_s": 0.5, "duration_s": 2.0, "status_s": 2.0, "sleep_s": 3.0, "rounds": 1}
+# Three rounds: on a 2-core machine one 10 s run of a reference moved by up to 2x from run to run.
+FULL = {"warmup_s": 2.0, "duration_s": 10.0, "status_s": 5.0, "sleep_s": 10.0, "rounds": 3}
 
 # name -> (label, how to start it)
 STARTERS: dict[str, tuple[str, Callable[[Path, str, str], Server]]] = {
@@ -223,18 +225,43 @@ def sleep_runs(servers: dict[str, Server], plan: Plan) -> list[Run]:
 
 
 def run_scenarios(servers: dict[str, Server], plan: Plan, tmp: Path) -> list[dict[str, Any]]:
+    """Every run, ``plan.rounds`` times over (each round runs all targets, interleaved, so that drift in
+    the machine's load touches them alike)."""
     rows: list[dict[str, Any]] = []
-    for scenario, server, variant, spec in (
-        noop_runs(servers, plan) + status_runs(servers, plan) + sleep_runs(servers, plan)
-    ):
-        row = _row(scenario, server, variant, spec["concurrency"], spec)
-        log(f"{scenario}: {server.label} {variant} c={spec['concurrency']}")
-        try:
-            row.update(measure(server, spec, tmp))
-        except Exception as exc:  # a run that could not be measured: shown in its row, the rest goes on
-            row["unavailable"] = f"{type(exc).__name__}: {exc}"[:300]
-        rows.append(row)
+    for round_number in range(1, plan.rounds + 1):
+        for scenario, server, variant, spec in (
+            noop_runs(servers, plan) + status_runs(servers, plan) + sleep_runs(servers, plan)
+        ):
+            row = _row(scenario, server, variant, spec["concurrency"], spec)
+            row["round"] = round_number
+            where = f"{scenario}: {server.label} {variant} c={spec['concurrency']}"
+            log(f"round {round_number}/{plan.rounds} {where}")
+            try:
+                row.update(measure(server, spec, tmp))
+            except Exception as exc:  # a run that could not be measured: shown in its row, the rest goes on
+                row["unavailable"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
     return rows
+
+
+def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: the round with the median rate (a whole round's row, so that its latencies and
+    CPU figures belong together), with every round's rate in ``round_rates``. A run none of whose rounds
+    could be measured keeps its first round's row."""
+    by_run: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["scenario"], row["target"], row["variant"], row["concurrency"])
+        by_run.setdefault(key, []).append(row)
+    chosen = []
+    for rounds in by_run.values():
+        measured = sorted((r for r in rounds if "unavailable" not in r), key=lambda r: r["ok_per_s"])
+        if not measured:
+            chosen.append(rounds[0])
+            continue
+        median = dict(measured[(len(measured) - 1) // 2])
+        median["round_rates"] = [r["ok_per_s"] for r in rounds if "unavailable" not in r]
+        chosen.append(median)
+    return chosen
 
 
 # -- the whole run -----------------------------------------------------------------------------------------
@@ -266,7 +293,8 @@ def run(plan: Plan) -> dict[str, Any]:
         time.sleep(2.0)  # let every server settle before reading its memory at rest
         for server in servers.values():
             server.measure_rest()
-        rows = run_scenarios(servers, plan, tmp)
+        all_rows = run_scenarios(servers, plan, tmp)
+        rows = median_rows(all_rows)
         memory = {
             name: {
                 "label": s.label,
@@ -289,6 +317,7 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in plan.__dict__.items()},
         "labels": {name: label for name, (label, _) in STARTERS.items()},
         "rows": rows,
+        "all_rows": all_rows,
         "memory": memory,
         "unavailable": unavailable,
         "notes": notes,
