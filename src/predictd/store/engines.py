@@ -122,6 +122,22 @@ class ThreadedEngine:
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
+        async with self._lend() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[Connection]:
+        async with self._lend() as connection:
+            transaction = connection._connection.begin()  # no I/O: sqlite3 begins on the first write
+            try:
+                yield connection
+            except BaseException:
+                await asyncio.shield(connection.call(transaction.rollback))
+                raise
+            await connection.call(transaction.commit)
+
+    @contextlib.asynccontextmanager
+    async def _lend(self) -> AsyncIterator[ThreadedConnection]:
         async with self._lendable:
             checkout = self.submit(self.sync_engine.connect)
             try:
@@ -134,18 +150,6 @@ class ThreadedEngine:
                 yield threaded
             finally:
                 await asyncio.shield(threaded.release())  # even when the caller was cancelled
-
-    @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[Connection]:
-        async with self.connect() as connection:
-            assert isinstance(connection, ThreadedConnection)
-            transaction = connection._connection.begin()  # no I/O: sqlite3 begins on the first write
-            try:
-                yield connection
-            except BaseException:
-                await asyncio.shield(connection.call(transaction.rollback))
-                raise
-            await connection.call(transaction.commit)
 
     async def dispose(self) -> None:
         await asyncio.wrap_future(self.submit(self.sync_engine.dispose))

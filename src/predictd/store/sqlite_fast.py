@@ -1,11 +1,12 @@
 """Embedded mode's hot paths on one synchronous sqlite3 connection, run in the event loop's own thread.
 
 Every statement a prediction needs (authenticate, insert, claim, record, read) is a local SQLite call of a
-few microseconds; through SQLAlchemy and a hop to a worker thread (then aiosqlite's) the same statement cost
-0.5-0.9 ms of CPU (measured: ``get_prediction`` 734 us against 10 us, a one-row write transaction 874 us
-against 19 us). So these methods talk to sqlite3 directly, with the same SQL semantics as ``SqlStore``
-(one transaction per state change, the state-machine guard in the UPDATE, settlement and the webhook outbox
-in the same transaction); everything else (administration, listing, webhooks) stays on SQLAlchemy.
+few microseconds; through SQLAlchemy's async engine over aiosqlite's thread (as SQLite was reached then) the
+same statement cost 0.5-0.9 ms of CPU (measured: ``get_prediction`` 734 us against 10 us, a one-row write
+transaction 874 us against 19 us). So these methods talk to sqlite3 directly, with the same SQL semantics
+as ``SqlStore`` (one transaction per state change, the state-machine guard in the UPDATE, settlement and the
+webhook outbox in the same transaction); everything else (administration, listing, webhooks) stays on
+SQLAlchemy.
 
 Reads of keys and predictions are served from memory while they are provably current (see ``_Recent``):
 the hottest request, a status read, then costs no SQL but at most one ``PRAGMA data_version`` per event-loop
