@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,6 +32,16 @@ class IdempotencyKeyTaken(Exception):
 
 # Given the prediction as a state change left it, the webhooks to write in the same transaction.
 DeliveryPlanner = Callable[[Prediction], list[NewDelivery]]
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One state-machine transition of a prediction (see ``Store.transitions``)."""
+
+    prediction_id: str
+    target: Status
+    count_attempt: bool = False  # add one to the prediction's attempts
+    changes: Mapping[str, Any] = field(default_factory=dict)  # other columns to set
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,13 @@ class Store(Protocol):
         """Move to ``target`` only from a state the state machine allows; None when the move is refused.
         ``count_attempt`` adds one to the prediction's attempts; ``deliveries`` plans webhooks written in
         the same transaction (a durable outbox)."""
+        ...
+
+    async def transitions(
+        self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
+    ) -> list[Prediction | None]:
+        """Several transitions in one transaction, in order: each is guarded on its own (a refused one
+        gives None and leaves the others be), and they become durable together or not at all."""
         ...
 
     async def find_idempotency(self, account_id: str, key: str) -> IdempotencyRecord | None: ...

@@ -28,7 +28,7 @@ from predictd.domain import (
     new_id,
     utcnow,
 )
-from predictd.ports import IdempotencyKeyTaken, ListQuery
+from predictd.ports import IdempotencyKeyTaken, ListQuery, Move
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import metadata
@@ -108,6 +108,58 @@ async def test_concurrent_claims_hand_a_prediction_to_exactly_one_worker(store: 
     stored = await store.get_prediction(p.id)
     assert stored is not None
     assert stored.attempts == 1
+
+
+async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(store: SqlStore) -> None:
+    """What a worker slot writes when one prediction ends and the next ones start: one transaction."""
+    account = await store.create_account("a")
+    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    running, waiting, cancelled = (queued(account.id) for _ in range(3))
+    for p in (running, waiting, cancelled):
+        await store.insert_prediction(p, reserve_micros=2_000_000)
+    await store.transition(running.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())
+    now = utcnow()
+    moved = await store.transitions(
+        [
+            Move(running.id, Status.SUCCEEDED, changes={"output": "x", "completed_at": now, "cost": 1.5}),
+            Move(cancelled.id, Status.PROCESSING, count_attempt=True, changes={"started_at": now}),
+            Move(waiting.id, Status.PROCESSING, count_attempt=True, changes={"started_at": now}),
+        ]
+    )
+    ended, refused, started = moved
+    assert refused is None
+    assert ended is not None
+    assert (ended.status, ended.output, ended.version) == (Status.SUCCEEDED, "x", 2)
+    assert started is not None
+    assert (started.status, started.attempts, started.started_at) == (Status.PROCESSING, 1, now)
+    assert await store.get_prediction(running.id) == ended
+    assert await store.get_prediction(waiting.id) == started
+    assert await store.get_prediction(cancelled.id) is not None
+    assert (await store.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
+    # Settled with the success: charged 1.5, its reservation and the cancelled one's released.
+    assert await store.credits(account.id) == Credits(10_000_000 - 1_500_000, reserved_micros=2_000_000)
+
+    later = queued(account.id)
+    await store.insert_prediction(later)
+
+    def planner_that_fails(prediction: Prediction) -> list[NewDelivery]:
+        if prediction.id == later.id:
+            raise RuntimeError("the outbox write failed")
+        return []
+
+    with pytest.raises(RuntimeError, match="outbox"):
+        await store.transitions(
+            [
+                Move(waiting.id, Status.SUCCEEDED, changes={"output": "y", "completed_at": utcnow()}),
+                Move(later.id, Status.PROCESSING, count_attempt=True),
+            ],
+            deliveries=planner_that_fails,
+        )
+    # Nothing of the failed transaction stayed: not the success written before the failure, nor its charge.
+    assert await store.get_prediction(waiting.id) == started
+    assert (await store.get_prediction(later.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    assert await store.credits(account.id) == Credits(10_000_000 - 1_500_000, reserved_micros=2_000_000)
 
 
 async def test_predictions_are_isolated_by_account(store: SqlStore) -> None:

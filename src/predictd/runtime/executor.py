@@ -6,11 +6,12 @@ completed elsewhere, refuses the late write instead of being overwritten.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..domain import ModelInfo, Prediction, Status, price_of, utcnow
 from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
-from ..ports import DeliveryPlanner, Notifier, Store
+from ..ports import DeliveryPlanner, Move, Notifier, Store
 from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
 
 
@@ -29,64 +30,72 @@ class Executor:
         ``orphaned``: the prediction may be PROCESSING on a worker that is gone. That run counts as one
         whose worker died: the prediction is queued again and claimed here if attempts remain, otherwise
         it fails with UnavailableError (and None is returned)."""
-        claimed = await self._take(prediction_id)
+        claimed = (await self.claim_many([prediction_id]))[0]
         if claimed is None and orphaned:
             current = await self._store.get_prediction(prediction_id)
             if current is not None and current.status is Status.PROCESSING:
                 _, requeued = await self.record(current, WorkerDied("its worker stopped answering"))
                 if requeued:
-                    claimed = await self._take(prediction_id)
+                    claimed = (await self.claim_many([prediction_id]))[0]
         return claimed
 
-    async def _take(self, prediction_id: str) -> Prediction | None:
-        claimed = await self._store.transition(
-            prediction_id,
-            Status.PROCESSING,
-            count_attempt=True,
-            deliveries=self._deliveries,
-            started_at=utcnow(),
-        )
-        if claimed is not None:
-            self._notifier.publish(claimed)
-        return claimed
+    async def claim_many(self, prediction_ids: Sequence[str]) -> list[Prediction | None]:
+        """Claim several predictions in one transaction (none of them orphaned); each as ``claim``."""
+        return await self._move([_claim(p) for p in prediction_ids])
 
     async def record(
         self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None = None
     ) -> tuple[Prediction | None, bool]:
         """Write the outcome. Returns the stored prediction (None if the write was refused) and whether
         the prediction should be queued again."""
+        stored, requeue, _ = await self.record_and_claim(prediction, outcome, model, ())
+        return stored, requeue
+
+    async def record_and_claim(
+        self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None, claims: Sequence[str]
+    ) -> tuple[Prediction | None, bool, list[Prediction | None]]:
+        """``record`` and ``claim_many`` in one transaction: a worker slot that has just finished one
+        prediction and takes the next pays for one commit, not two."""
+        move, requeue = self._outcome_move(prediction, outcome, model)
+        stored, *claimed = await self._move([move, *(_claim(p) for p in claims)])
+        return stored, requeue and stored is not None, claimed
+
+    async def _move(self, moves: list[Move]) -> list[Prediction | None]:
+        moved = await self._store.transitions(moves, deliveries=self._deliveries)
+        for prediction in moved:
+            if prediction is not None:
+                self._notifier.publish(prediction)
+        return moved
+
+    def _outcome_move(
+        self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None
+    ) -> tuple[Move, bool]:
+        """The move that records ``outcome``, and whether it queues the prediction again."""
         now = utcnow()
-        changes: dict[str, Any]
         if isinstance(outcome, Succeeded):
-            target = Status.SUCCEEDED
             changes = {
                 "output": outcome.output,
                 "completed_at": now,
                 "predict_time": outcome.predict_time,
                 "cost": cost_of(model, outcome.predict_time),
             }
-        elif isinstance(outcome, Cancelled):
-            target = Status.CANCELLED
+            return Move(prediction.id, Status.SUCCEEDED, changes=changes), False
+        if isinstance(outcome, Cancelled):
             changes = {"completed_at": now, "predict_time": outcome.predict_time}
-        elif isinstance(outcome, WorkerDied) and prediction.attempts < self._max_attempts:
-            requeued = await self._store.transition(prediction.id, Status.QUEUED)
-            if requeued is not None:
-                self._notifier.publish(requeued)
-            return requeued, requeued is not None
-        else:
-            if isinstance(outcome, WorkerDied):
-                outcome = Failed(
-                    UNAVAILABLE_ERROR.name,
-                    f"the worker running this prediction died {prediction.attempts} time(s): "
-                    f"{outcome.detail}",
-                    None,
-                )
-            target = failure_status(outcome)
-            changes = failure_changes(outcome, now)
-        stored = await self._store.transition(prediction.id, target, deliveries=self._deliveries, **changes)
-        if stored is not None:
-            self._notifier.publish(stored)
-        return stored, False
+            return Move(prediction.id, Status.CANCELLED, changes=changes), False
+        if isinstance(outcome, WorkerDied):
+            if prediction.attempts < self._max_attempts:
+                return Move(prediction.id, Status.QUEUED), True
+            outcome = Failed(
+                UNAVAILABLE_ERROR.name,
+                f"the worker running this prediction died {prediction.attempts} time(s): {outcome.detail}",
+                None,
+            )
+        return Move(prediction.id, failure_status(outcome), changes=failure_changes(outcome, now)), False
+
+
+def _claim(prediction_id: str) -> Move:
+    return Move(prediction_id, Status.PROCESSING, count_attempt=True, changes={"started_at": utcnow()})
 
 
 def failure_status(failure: Failed) -> Status:

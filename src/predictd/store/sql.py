@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from ..domain import (
     to_micros,
     utcnow,
 )
-from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery
+from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
 from .engines import Connection, Engine, ThreadedEngine
 from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (
@@ -215,6 +216,24 @@ def _prediction(row: Row[Any]) -> Prediction:
 
 
 _PREDICTION_COLUMNS = frozenset(c.name for c in predictions.columns)
+
+
+def _transition_statement(move: Move) -> Any:
+    """The guarded UPDATE of one move: it matches only from a state the state machine allows."""
+    changes: dict[str, Any] = dict(move.changes)
+    unknown = set(changes) - _PREDICTION_COLUMNS
+    if unknown:
+        raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
+    if move.count_attempt:
+        changes["attempts"] = predictions.c.attempts + 1
+    changes["version"] = predictions.c.version + 1
+    allowed = [s.value for s in sources_of(move.target)]
+    return (
+        update(predictions)
+        .where(predictions.c.id == move.prediction_id, predictions.c.status.in_(allowed))
+        .values(status=move.target.value, **changes)
+        .returning(*predictions.columns)
+    )
 
 
 class SqlStore:
@@ -668,30 +687,28 @@ class SqlStore:
         deliveries: DeliveryPlanner | None = None,
         **changes: Any,
     ) -> Prediction | None:
-        unknown = set(changes) - _PREDICTION_COLUMNS
-        if unknown:
-            raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
-        if count_attempt:
-            changes["attempts"] = predictions.c.attempts + 1
-        changes["version"] = predictions.c.version + 1
-        allowed = [s.value for s in sources_of(target)]
-        statement = (
-            update(predictions)
-            .where(predictions.c.id == prediction_id, predictions.c.status.in_(allowed))
-            .values(status=target.value, **changes)
-            .returning(*predictions.columns)
-        )
+        move = Move(prediction_id, target, count_attempt, changes)
+        return (await self.transitions([move], deliveries=deliveries))[0]
+
+    async def transitions(
+        self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
+    ) -> list[Prediction | None]:
+        statements = [_transition_statement(move) for move in moves]
+        moved: list[Prediction | None] = []
         async with self.engine.begin() as conn:
-            row = (await conn.execute(statement)).first()
-            if row is None:
-                return None
-            moved = _prediction(row)
-            if moved.terminal:
-                await self._settle(conn, moved)
-            if deliveries is not None:
-                planned = deliveries(moved)
-                if planned:
-                    await conn.execute(insert(webhook_deliveries), [_delivery_row(d) for d in planned])
+            for statement in statements:
+                row = (await conn.execute(statement)).first()
+                if row is None:
+                    moved.append(None)
+                    continue
+                prediction = _prediction(row)
+                if prediction.terminal:
+                    await self._settle(conn, prediction)
+                if deliveries is not None:
+                    planned = deliveries(prediction)
+                    if planned:
+                        await conn.execute(insert(webhook_deliveries), [_delivery_row(d) for d in planned])
+                moved.append(prediction)
         return moved
 
     async def remove_data(self, prediction_id: str, account_id: str) -> Prediction | None:

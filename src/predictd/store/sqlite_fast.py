@@ -26,7 +26,7 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -47,7 +47,7 @@ from ..domain import (
     to_micros,
     utcnow,
 )
-from ..ports import DeliveryPlanner, IdempotencyKeyTaken
+from ..ports import DeliveryPlanner, IdempotencyKeyTaken, Move
 from .engines import Engine
 from .schema import predictions
 from .sql import SqlStore
@@ -63,7 +63,6 @@ _BUSY_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 PREDICTION_COLUMNS: tuple[str, ...] = tuple(c.name for c in predictions.columns)
 _SELECT_PREDICTION = f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions"  # noqa: S608 (constants)
 _GET_PREDICTION = f"{_SELECT_PREDICTION} WHERE id = ?"
-_RETURNING = f" RETURNING {', '.join(PREDICTION_COLUMNS)}"
 _JSON_COLUMNS = frozenset({"input", "output", "extra"})
 _TIME_COLUMNS = frozenset({"created_at", "started_at", "completed_at"})
 _BOOL_COLUMNS = frozenset({"data_removed"})
@@ -487,12 +486,26 @@ class SqliteStore(SqlStore):
             if count_attempt:
                 sets.append("attempts = attempts + 1")
             allowed = ", ".join(f"'{s.value}'" for s in sorted(sources_of(target)))
+            # No RETURNING: on SQLite an UPDATE ... RETURNING costs about twice an UPDATE and a SELECT of the
+            # row by its key (measured: 50 against 15 + 17 us).
             sql = (
                 f"UPDATE predictions SET {', '.join(sets)} "  # noqa: S608 (column names checked, constants)
-                f"WHERE id = ? AND status IN ({allowed}){_RETURNING}"
+                f"WHERE id = ? AND status IN ({allowed})"
             )
             self._transition_sql[key] = sql
         return sql
+
+    def _bound_move(self, move: Move) -> tuple[str, tuple[Any, ...]]:
+        """The guarded UPDATE of ``move`` and its parameters."""
+        changes = dict(move.changes)
+        unknown = set(changes) - _SETTABLE
+        if unknown:
+            raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
+        if move.count_attempt:
+            changes.pop("attempts", None)  # as in SqlStore: the increment wins
+        columns = tuple(sorted(changes))
+        sql = self._transition_statement(move.target, move.count_attempt, columns)
+        return sql, (move.target.value, *(_bind(c, changes[c]) for c in columns), move.prediction_id)
 
     async def transition(
         self,
@@ -503,32 +516,35 @@ class SqliteStore(SqlStore):
         deliveries: DeliveryPlanner | None = None,
         **changes: Any,
     ) -> Prediction | None:
-        unknown = set(changes) - _SETTABLE
-        if unknown:
-            raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
-        if count_attempt:
-            changes.pop("attempts", None)  # as in SqlStore: the increment wins
-        columns = tuple(sorted(changes))
-        sql = self._transition_statement(target, count_attempt, columns)
-        params = (target.value, *(_bind(c, changes[c]) for c in columns), prediction_id)
+        move = Move(prediction_id, target, count_attempt, changes)
+        return (await self.transitions([move], deliveries=deliveries))[0]
 
-        def move(db: sqlite3.Connection) -> Prediction | None:
-            self._predictions.drop(prediction_id)  # whatever happens next, the row is read anew
-            row = db.execute(sql, params).fetchone()
-            if row is None:
-                return None
-            moved = _prediction(row)
-            if moved.terminal:
-                _settle(db, moved)
-            if deliveries is not None:
-                planned = deliveries(moved)
-                if planned:
-                    db.executemany(_INSERT_DELIVERY, [_delivery_values(d) for d in planned])
+    async def transitions(
+        self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
+    ) -> list[Prediction | None]:
+        statements = [(move.prediction_id, *self._bound_move(move)) for move in moves]
+
+        def apply(db: sqlite3.Connection) -> list[Prediction | None]:
+            moved: list[Prediction | None] = []
+            for prediction_id, sql, params in statements:
+                self._predictions.drop(prediction_id)  # whatever happens next, the row is read anew
+                if db.execute(sql, params).rowcount == 0:
+                    moved.append(None)
+                    continue
+                prediction = _prediction(db.execute(_GET_PREDICTION, (prediction_id,)).fetchone())
+                if prediction.terminal:
+                    _settle(db, prediction)
+                if deliveries is not None:
+                    planned = deliveries(prediction)
+                    if planned:
+                        db.executemany(_INSERT_DELIVERY, [_delivery_values(d) for d in planned])
+                moved.append(prediction)
             return moved
 
-        moved = await self._write(move)
-        if moved is not None:
-            self._predictions.put(prediction_id, moved)
+        moved = await self._write(apply)
+        for prediction in moved:
+            if prediction is not None:
+                self._predictions.put(prediction.id, prediction)
         return moved
 
     # -- idempotency ---------------------------------------------------------------------------------------
