@@ -15,7 +15,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from predictd.domain import (
     Credits,
@@ -31,7 +31,7 @@ from predictd.domain import (
 from predictd.ports import IdempotencyKeyTaken, ListQuery, Move
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
-from predictd.store.schema import metadata
+from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
 from predictd.store.sql import make_engine
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -160,6 +160,38 @@ async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(s
     assert await store.get_prediction(waiting.id) == started
     assert (await store.get_prediction(later.id)).status is Status.QUEUED  # type: ignore[union-attr]
     assert await store.credits(account.id) == Credits(10_000_000 - 1_500_000, reserved_micros=2_000_000)
+
+
+async def test_unfinished_predictions_are_found_through_an_index_that_holds_only_them(
+    store: SqlStore,
+) -> None:
+    """Recovery and the sweeper look for unfinished predictions among every prediction ever made."""
+    account = await store.create_account("a")
+    waiting, running, done = (queued(account.id) for _ in range(3))
+    for p in (waiting, running, done):
+        await store.insert_prediction(p)
+    for p in (running, done):
+        await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.transition(done.id, Status.SUCCEEDED, completed_at=utcnow(), output="x")
+    assert {p.id for p in await store.list_unfinished()} == {waiting.id, running.id}
+    query = select(predictions.c.id).where(UNFINISHED_SQL)
+    compiled = str(query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+    sqlite = store.engine.dialect.name == "sqlite"
+    definition = (
+        "SELECT sql FROM sqlite_master WHERE name = 'ix_predictions_unfinished'"
+        if sqlite
+        else "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_predictions_unfinished'"
+    )
+    async with store.engine.connect() as conn:
+        index = str((await conn.execute(text(definition))).scalar())
+        if not sqlite:
+            await conn.execute(text("SET enable_seqscan = off"))  # three rows: a scan would win otherwise
+        explain = f"EXPLAIN QUERY PLAN {compiled}" if sqlite else f"EXPLAIN {compiled}"
+        plan = " ".join(str(row) for row in (await conn.execute(text(explain))).all())
+    assert "processing" in index  # made by the migrations with its condition: finished ones are not in it
+    assert "queued" in index
+    assert "succeeded" not in index
+    assert "ix_predictions_unfinished" in plan
 
 
 async def test_predictions_are_isolated_by_account(store: SqlStore) -> None:

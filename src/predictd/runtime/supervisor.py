@@ -92,6 +92,7 @@ class Supervisor:
         self._cancel_grace_s = cancel_grace_s
         self._slots: dict[str, list[Slot]] = {m.slug: [Slot(m, i) for i in range(m.workers)] for m in models}
         self._schemas: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._infos: dict[str, tuple[tuple[bool, Any, str], ModelInfo]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._waiting: dict[str, int] = dict.fromkeys(self._models, 0)  # idle slots, per model
         # What recording an outcome needs of a model (its price and deadline), built once, not per prediction.
@@ -118,7 +119,15 @@ class Supervisor:
         )
         if not slots:
             detail = "no worker is configured for this model"
-        return config.info(available=available, schemas=schemas, status_detail=detail)
+        # Built again only when what it shows changes: every submit reads it.
+        key = (available, schemas, detail)  # the schemas compare by identity first: a restart replaces them
+        cached = self._infos.get(slug)
+        if cached is None or cached[0] != key:
+            cached = self._infos[slug] = (
+                key,
+                config.info(available=available, schemas=schemas, status_detail=detail),
+            )
+        return cached[1]
 
     def timeout_for(self, slug: str) -> float:
         return self._models[slug].timeout_s

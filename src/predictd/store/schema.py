@@ -21,8 +21,11 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.types import TypeEngine
+
+from ..domain import TERMINAL, Status
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -139,6 +142,9 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
 
+UNFINISHED: tuple[Status, ...] = tuple(sorted(set(Status) - TERMINAL))
+UNFINISHED_SQL = text(f"status IN ({', '.join(repr(s.value) for s in UNFINISHED)})")
+
 predictions = Table(
     "predictions",
     metadata,
@@ -161,7 +167,11 @@ predictions = Table(
     Column("cost", Float, nullable=True),
     Column("version", Integer, nullable=False, server_default="0"),
     Index("ix_predictions_account_created", "account_id", "created_at"),
-    Index("ix_predictions_status", "status"),
+    # Only the unfinished ones (what recovery and the sweeper look for): a finished prediction leaves the
+    # index, which stays as small as the backlog, and moving between finished states never touches it.
+    Index(
+        "ix_predictions_unfinished", "status", sqlite_where=UNFINISHED_SQL, postgresql_where=UNFINISHED_SQL
+    ),
 )
 
 idempotency_keys = Table(
