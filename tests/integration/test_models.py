@@ -353,17 +353,39 @@ def test_model_modules_import_no_heavy_library(tmp_path: Path) -> None:
 
 def test_the_embedded_server_stack_imports_no_client_or_on_demand_library(tmp_path: Path) -> None:
     """Memory at rest: what an embedded `serve` imports leaves out Redis (scaled-out only), httpx (loaded
-    by the first webhook or image URL), Pillow (the first image) and Jinja2 (the first console page)."""
+    by the first webhook or image URL), Pillow (the first image) and Jinja2 (the first console page), and
+    of SQLAlchemy what SQLite does not use (its async layer, which loads the ORM; the PostgreSQL dialect),
+    also with its store open. (Alembic loads every dialect it knows: the database is migrated first, in
+    another process, as `predictd keys create` or an earlier start would have.)"""
     import subprocess
     import sys
 
+    unused = (
+        "redis",
+        "httpx",
+        "PIL",
+        "jinja2",
+        "asyncpg",
+        "aiosqlite",
+        "sqlalchemy.ext.asyncio",
+        "sqlalchemy.orm",
+        "sqlalchemy.dialects.postgresql",
+    )
+    open_the_store = (
+        "from predictd.store import open_store\n"
+        "async def opened() -> None:\n"
+        "    await (await open_store('sqlite:///predictd.sqlite3')).close()\n"
+        "asyncio.run(opened())\n"
+    )
+    subprocess.run([sys.executable, "-c", "import asyncio\n" + open_the_store], check=True, cwd=tmp_path)
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "import predictd.cli, predictd.assemble\n"
         "from predictd.api.app import create_app\n"
         "from predictd.config import Settings\n"
         "create_app(Settings(builtin_models=['echo']))\n"
-        "print(','.join(m for m in ('redis', 'httpx', 'PIL', 'jinja2') if m in sys.modules))\n"
+        + open_the_store
+        + f"print(','.join(m for m in {unused!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
