@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -82,6 +83,27 @@ def _with_store(settings: Settings, action: Callable[[SqlStore], Awaitable[T]]) 
     return asyncio.run(run())
 
 
+def _migrate_apart(settings: Settings) -> None:
+    """Bring the database to the newest schema in a forked child, so that the server itself never imports
+    Alembic: a first start on a new data folder, or the first after an upgrade, would otherwise keep about
+    11 MiB of migration machinery in the server for good. Forked before the server starts any thread."""
+    if not hasattr(os, "fork"):
+        return  # opening the store migrates in-process instead
+    pid = os.fork()
+    if pid == 0:  # the child: migrate (opening the store does), then leave without running the parent's exits
+        code = 1
+        try:
+            _with_store(settings, lambda store: asyncio.sleep(0))
+            code = 0
+        except Exception as exc:
+            err.print(f"[red]the database could not be migrated:[/red] {exc}")
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise typer.Exit(1)
+
+
 async def _issue_key(store: SqlStore, account_id: str, label: str) -> str:
     new = keys.generate_key()
     await store.create_key(account_id, new.digest, new.prefix, label)
@@ -128,6 +150,7 @@ def serve(
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
+    _migrate_apart(settings)
     secret = _with_store(settings, lambda store: _bootstrap(store, demo))
     base = f"http://{settings.host}:{settings.port}"
     print(f"predictd {__version__} · data in {settings.data_dir.resolve()} · {base}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,3 +392,27 @@ def test_the_embedded_server_stack_imports_no_client_or_on_demand_library(tmp_pa
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert result.stdout.strip() == ""
+
+
+def test_a_first_start_migrates_in_a_child_so_that_the_server_never_loads_alembic(tmp_path: Path) -> None:
+    """`serve` on a new data folder: the database is brought to the newest schema by a forked child, and
+    the server process opens it already migrated (Alembic and Mako stay out of its memory for good)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from predictd.cli import _migrate_apart, _with_store\n"
+        "from predictd.config import load_settings\n"
+        "settings = load_settings(data_dir=Path('data'))\n"
+        "_migrate_apart(settings)\n"
+        "accounts = _with_store(settings, lambda store: store.list_accounts())\n"
+        "print(accounts == [], 'alembic' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
+    )
+    assert result.stdout.split() == ["True", "False"]
+    assert (tmp_path / "data" / "predictd.sqlite3").exists()
