@@ -2,27 +2,66 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import itertools
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .domain import Prediction
+
+HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+
+
+class HttpMetrics(Collector):
+    """``predictd_http_requests_total`` and ``predictd_http_request_duration_seconds``, kept as plain
+    numbers and turned into metric families only when scraped.
+
+    Every request adds to them, on the event loop's thread; prometheus_client's own Counter and Histogram
+    take a lock for each of the three updates (4.3 us a request, against about 1 us here). A scrape reads
+    them on the same thread, or (a worker's metrics server) copies each table in one C-level step under
+    the GIL before reading it.
+    """
+
+    def __init__(self, buckets_s: Sequence[float]) -> None:
+        self._bounds = tuple(sorted(buckets_s))
+        self._requests: dict[tuple[str, str, int], int] = {}
+        # route -> [requests per bucket (the last one +Inf)..., sum of seconds]
+        self._durations: dict[str, list[float]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        row = self._durations.get(route)
+        if row is None:
+            row = self._durations[route] = [0.0] * (len(self._bounds) + 2)
+        row[bisect_left(self._bounds, seconds)] += 1  # the first bucket whose bound is >= seconds (le)
+        row[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "predictd_http_requests", "HTTP requests answered.", labels=["method", "route", "status"]
+        )
+        for (method, route, status), count in list(self._requests.items()):
+            requests.add_metric([method, route, str(status)], count)
+        yield requests
+        durations = HistogramMetricFamily(
+            "predictd_http_request_duration_seconds", "Time to answer an HTTP request.", labels=["route"]
+        )
+        bounds = [str(float(b)) for b in self._bounds] + ["+Inf"]  # as prometheus_client writes them
+        for route, row in list(self._durations.items()):
+            cumulative = list(itertools.accumulate(row[:-1]))
+            durations.add_metric([route], list(zip(bounds, cumulative, strict=True)), sum_value=row[-1])
+        yield durations
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.http_requests = Counter(
-            "predictd_http_requests_total",
-            "HTTP requests answered.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.http_seconds = Histogram(
-            "predictd_http_request_duration_seconds",
-            "Time to answer an HTTP request.",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
-            registry=self.registry,
-        )
+        self.http = HttpMetrics(HTTP_BUCKETS_S)
+        self.registry.register(self.http)
         self.predictions = Counter(
             "predictd_predictions_total",
             "Predictions reaching each state.",
@@ -40,21 +79,11 @@ class Metrics:
         )
 
         # Labelled children, looked up once per label set (labels() takes a lock and builds tuples).
-        self._http_counters: dict[tuple[str, str, int], Counter] = {}
-        self._http_timers: dict[str, Histogram] = {}
         self._prediction_counters: dict[tuple[str, str], Counter] = {}
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered HTTP request."""
-        counter = self._http_counters.get((method, route, status))
-        if counter is None:
-            counter = self.http_requests.labels(method, route, str(status))
-            self._http_counters[(method, route, status)] = counter
-        counter.inc()
-        timer = self._http_timers.get(route)
-        if timer is None:
-            timer = self._http_timers[route] = self.http_seconds.labels(route)
-        timer.observe(seconds)
+        self.http.observe(method, route, status, seconds)
 
     def observe_prediction(self, prediction: Prediction) -> None:
         key = (prediction.model, prediction.status.value)

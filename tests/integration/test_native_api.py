@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
@@ -507,6 +508,45 @@ def test_a_prediction_over_its_deadline_fails(client: httpx.Client) -> None:
     assert "1 s deadline" in body["error"]
     assert body["metrics"]["predict_time"] == pytest.approx(1.0, abs=0.5)
     assert submit(client, "slow", {"ms": 10}, wait=True)["status"] == "succeeded"
+
+
+def _http_metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The API process's HTTP samples: (sample name, sorted labels) -> value."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("predictd_http")
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_and_time_every_answered_request(server: Server, client: httpx.Client) -> None:
+    route = "/v1/predictions/{prediction_id}"
+    done = submit(client, "echo", {"text": "x"}, wait=True)
+    before = _http_metrics(server)
+    for _ in range(5):
+        assert client.get(f"/v1/predictions/{done['id']}").status_code == 200
+    assert client.get("/v1/predictions/no-such-prediction").status_code == 404
+    after = _http_metrics(server)
+
+    def added(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert added("predictd_http_requests_total", method="GET", route=route, status="200") == 5
+    assert added("predictd_http_requests_total", method="GET", route=route, status="404") == 1
+    assert added("predictd_http_request_duration_seconds_count", route=route) == 6
+    assert added("predictd_http_request_duration_seconds_bucket", route=route, le="+Inf") == 6
+    assert added("predictd_http_request_duration_seconds_sum", route=route) > 0
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in after.items()
+        if name == "predictd_http_request_duration_seconds_bucket" and dict(labels)["route"] == route
+    )
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts)  # cumulative, as Prometheus reads them
+    assert counts[-1] == after[("predictd_http_request_duration_seconds_count", (("route", route),))]
 
 
 def test_openapi_and_health_and_metrics(server: Server, client: httpx.Client) -> None:

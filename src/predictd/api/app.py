@@ -95,6 +95,10 @@ class PredictdApp(FastAPI):
     routes it dispatches directly skip every layer of the stack (about 10 us of a status read), not only
     the router. Every other request goes on through the whole stack as usual."""
 
+    # Set by the lifespan; read through ``state.deployment_of`` (a plain attribute: Starlette's ``app.state``
+    # answers through __getattr__, about 3 us per read, twice or more per request).
+    deployment: Deployment
+
     def __init__(self, context: Callable[[ASGIApp], RequestContext], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.context = context(self._whole_stack)
@@ -118,7 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
             deployment: Deployment = await start_api(settings, metrics, WEBHOOK_RENDERERS)
         else:
             deployment = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
-        app.state.deployment = deployment
+        assert isinstance(app, PredictdApp)
+        app.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
         try:
             yield

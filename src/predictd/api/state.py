@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
 from starlette.requests import Request
 
@@ -10,8 +10,12 @@ from ..assemble import Deployment
 from ..service import Service
 
 
+class _Serving(Protocol):
+    deployment: Deployment  # api.app.PredictdApp, which imports this module
+
+
 def deployment_of(request: Request) -> Deployment:
-    return cast(Deployment, request.app.state.deployment)
+    return cast(_Serving, request.scope["app"]).deployment
 
 
 def service_of(request: Request) -> Service:
