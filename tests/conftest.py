@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+import psutil
 import pytest
 
 from predictd import keys
@@ -274,11 +275,21 @@ class Server:
             with contextlib.suppress(httpx.HTTPError):
                 health = httpx.get(f"{self.base_url}/health", timeout=1)
                 ready = not self.scaled or not self.with_worker or health.json().get("workers", 0) >= 1
-                if health.status_code == 200 and ready:
+                if health.status_code == 200 and ready and self._holds_port():
                     return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"predictd did not become healthy in {timeout} s:\n{self.log()}")
+
+    def _holds_port(self) -> bool:
+        """Whether the answer came from this server: started again on the port of one that was killed,
+        it may find the port taken meanwhile by another test's server, whose health check answers too (it
+        then exits on the bind, which the loop above reports)."""
+        assert self.proc is not None
+        with contextlib.suppress(psutil.Error):
+            listening = psutil.Process(self.proc.pid).net_connections(kind="tcp")
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in listening)
+        return False
 
     def start_worker(self, models: str | None = None) -> subprocess.Popen[bytes]:
         """Start (another) `predictd worker` of this deployment: ``models`` (comma-separated), or all."""
