@@ -507,18 +507,6 @@ class SqliteStore(SqlStore):
         sql = self._transition_statement(move.target, move.count_attempt, columns)
         return sql, (move.target.value, *(_bind(c, changes[c]) for c in columns), move.prediction_id)
 
-    async def transition(
-        self,
-        prediction_id: str,
-        target: Status,
-        *,
-        count_attempt: bool = False,
-        deliveries: DeliveryPlanner | None = None,
-        **changes: Any,
-    ) -> Prediction | None:
-        move = Move(prediction_id, target, count_attempt, changes)
-        return (await self.transitions([move], deliveries=deliveries))[0]
-
     async def transitions(
         self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
     ) -> list[Prediction | None]:
