@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import re
-import time
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -270,40 +268,7 @@ def test_only_the_bounded_prefix_of_a_string_is_screened() -> None:
 
 
 # --- linear time -------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _adversarial_inputs() -> dict[str, str]:
-    size = 1_000_000
-    near_misses = " ".join(
-        cut
-        for rule in SCREEN.rules
-        for example in rule.examples
-        for cut in (example[:-1], example[: len(example) // 2])
-    )
-    return {
-        "one letter": "a" * size,
-        "near misses": (near_misses + " ") * (size // len(near_misses) + 1),
-        "open braces": "{{ " * (size // 3),
-        "open lookups": "#{7" * (size // 3),
-        "open tags": "<a " * (size // 3),
-        "verbs": "ignore " * (size // 7),
-        "quotes": "' or " * (size // 5),
-        "traversal": ".." * (size // 2),
-        "requests": "print " * (size // 6),
-        "pipes": "curl " * (size // 5),
-        "ligatures": "\ufdfa" * size,
-        "zero width": "\u200b" * size,
-    }
-
-
-@pytest.mark.parametrize("name", list(_adversarial_inputs()))
-def test_a_1mb_adversarial_string_is_screened_well_under_a_second(name: str) -> None:
-    text = _adversarial_inputs()[name]
-    assert len(text) >= 990_000
-    started = time.perf_counter()
-    SCREEN.screen({"prompt": text})
-    assert time.perf_counter() - started < 0.5, name
+# What that bounded work costs on adversarial 1 MB strings is printed by bench/screen.py, not asserted here.
 
 
 def test_every_packaged_pattern_passes_the_linear_time_check() -> None:
