@@ -6,6 +6,7 @@ Split from media.py so that httpx, httpcore and ssl are imported only by a proce
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
@@ -183,6 +184,14 @@ class SafeNetworkBackend(httpcore.NetworkBackend):
         time.sleep(max(min(seconds, self._deadline - time.monotonic()), 0.0))
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying client context for every fetch and webhook delivery of the process. Building one loads
+    the whole CA bundle (about 25 ms of CPU, mostly holding the GIL), which per request would cost the API
+    process more than the delivery itself; a client context is safe to share between threads."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _PinnedTransport(httpx.HTTPTransport):
     """``httpx.HTTPTransport`` whose connection pool uses :class:`SafeNetworkBackend`.
 
@@ -192,7 +201,7 @@ class _PinnedTransport(httpx.HTTPTransport):
     """
 
     def __init__(self, backend: SafeNetworkBackend) -> None:
-        ssl_context = httpx.create_ssl_context(trust_env=False)
+        ssl_context = _tls_context()
         super().__init__(verify=ssl_context, trust_env=False)
         if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
             # Fail closed if a future httpx stops keeping its pool there: never fall back to plain DNS.
