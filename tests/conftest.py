@@ -72,27 +72,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_slowest_first)
 
 
-# The slowest modules, slowest first (seconds in one two-worker run on the 2-core CI machine, slowed by a
-# stray process: the order counts, not the figures): `bin/dev test` hands whole modules to two xdist workers
-# in this order, and a long module taken last would leave one worker running it alone. Only an order: a
-# module not listed runs after these, in the usual order.
+# The slowest modules, slowest first (seconds in one three-worker run on the 2-core machine: the order
+# counts, not the figures): `bin/dev test` hands whole modules to three xdist workers in this order, and a
+# long module taken last would leave one worker running it alone. Only an order: a module not listed runs
+# after these, in the usual order.
 SLOWEST_MODULES = (
-    "integration/test_admin_cli.py",  # 176 s: a CLI process per step
-    "integration/test_client_cli.py",  # 142
-    "integration/test_billing_and_policy.py",  # 138
-    "integration/test_scaled_out.py",  # 117
-    "integration/test_webhooks.py",  # 112
-    "integration/test_bad_input.py",  # 110
-    "integration/test_fashn_api.py",  # 110
-    "e2e/test_fashn_sdk.py",  # 98
-    "integration/test_models.py",  # 95
-    "e2e/test_console.py",  # 93
-    "integration/test_native_api.py",  # 75
-    "integration/test_faults.py",  # 69
-    "integration/test_fuzz.py",  # 63
-    "integration/test_load.py",  # 59
-    "integration/test_recovery.py",  # 58
-    "integration/test_sdk.py",  # 56
+    "integration/test_admin_cli.py",  # 106 s: a CLI process per step
+    "integration/test_billing_and_policy.py",  # 92
+    "integration/test_fashn_api.py",  # 90
+    "integration/test_scaled_out.py",  # 87
+    "integration/test_client_cli.py",  # 70
+    "e2e/test_fashn_sdk.py",  # 69
+    "integration/test_webhooks.py",  # 68
+    "integration/test_faults.py",  # 63
+    "integration/test_native_api.py",  # 62
+    "integration/test_models.py",  # 61
+    "e2e/test_console.py",  # 59
+    "integration/test_bad_input.py",  # 52
+    "integration/test_sdk.py",  # 44
+    "integration/test_fuzz.py",  # 41
+    "integration/test_recovery.py",  # 39
+    "e2e/test_skytells_sdk.py",  # 37
 )
 _RANK = {module: rank for rank, module in enumerate(SLOWEST_MODULES)}
 
@@ -266,18 +266,20 @@ class Server:
         if self.scaled and self.with_worker:
             self.start_worker()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"predictd exited with {self.proc.returncode}:\n{self.log()}")
-            for worker in self.workers:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"predictd worker exited with {worker.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                health = httpx.get(f"{self.base_url}/health", timeout=1)
-                ready = not self.scaled or not self.with_worker or health.json().get("workers", 0) >= 1
-                if health.status_code == 200 and ready and self._holds_port():
-                    return self
-            time.sleep(0.1)
+        # One client for the whole wait: each httpx.get() would build a TLS context (~25 ms of CPU).
+        with httpx.Client(timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"predictd exited with {self.proc.returncode}:\n{self.log()}")
+                for worker in self.workers:
+                    if worker.poll() is not None:
+                        raise RuntimeError(f"predictd worker exited with {worker.returncode}:\n{self.log()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    health = client.get(f"{self.base_url}/health")
+                    ready = not self.scaled or not self.with_worker or health.json().get("workers", 0) >= 1
+                    if health.status_code == 200 and ready and self._holds_port():
+                        return self
+                time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"predictd did not become healthy in {timeout} s:\n{self.log()}")
 

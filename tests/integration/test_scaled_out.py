@@ -204,9 +204,10 @@ def test_two_apis_two_workers_and_a_worker_killed_mid_prediction(make_server: An
 
 def wait_for_workers(server: Server, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while httpx.get(f"{server.base_url}/health").json().get("workers", 0) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} workers announced themselves"
-        time.sleep(0.1)
+    with httpx.Client() as client:
+        while client.get(f"{server.base_url}/health").json().get("workers", 0) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} workers announced themselves"
+            time.sleep(0.1)
 
 
 # -- an API process killed mid-load --------------------------------------------------------------------------
