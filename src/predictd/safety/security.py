@@ -18,6 +18,13 @@ Python's ``re`` backtracks, so a careless pattern can take exponential time on a
 pattern is checked when its rule is built: no unbounded quantifier (``*``, ``+``, ``{n,}``), no bound over
 :data:`MAX_REPEAT_BOUND`, and no repeated group (more than once) whose body can match texts of different
 lengths (the ``(a+)+`` / ``(a|ab)*`` shapes). With the prefix bound, the work per string is linear.
+
+Most patterns cannot match unless the text holds one of a few literal strings (``ignore``, ``<script``,
+``jndi``): :func:`required_literals` reads them from the pattern, and an ASCII text that holds none of a
+pattern's literals skips that pattern's search. Substring tests cost a fraction of a regex search, so an
+ordinary prompt is screened several times faster. Text with any non-ASCII character searches every pattern:
+case-insensitive matching makes some non-ASCII letters equal to ASCII ones (U+0131, a dotless i, matches
+``i``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -37,15 +44,18 @@ from .text import normalize
 __all__ = [
     "CATEGORIES",
     "DEFAULT_MAX_CHARS",
+    "GATE_MIN_CHARS",
     "MAX_REPEAT_BOUND",
     "SEVERITIES",
     "SecurityFinding",
     "SecurityRule",
     "SecurityScreen",
     "check_pattern",
+    "gate_text",
     "load_rules",
     "normalize_for_screening",
     "parse_rules",
+    "required_literals",
 ]
 
 CATEGORIES = frozenset({"prompt_injection", "abuse", "exfiltration", "code_injection"})
@@ -53,6 +63,9 @@ SEVERITIES = frozenset({"high", "medium"})
 
 DEFAULT_MAX_CHARS = 20_000
 """How many characters of each string are screened (before and after normalisation)."""
+
+GATE_MIN_CHARS = 12
+"""Below this length searching every pattern costs less than first testing the literals they need."""
 
 MAX_REPEAT_BOUND = 200
 """The largest upper bound a quantifier in a rule pattern may have."""
@@ -111,6 +124,66 @@ def _check_subpattern(parser: Any, subpattern: Any, pattern: str) -> None:
             _check_subpattern(parser, child, pattern)
 
 
+def gate_text(normalized: str) -> str | None:
+    """The text that patterns' required literals are looked for in: the lower-case form of an ASCII text
+    (NFKC after case folding can give upper case: ``℡`` becomes ``TEL``), or None for any other text,
+    which then searches every pattern. Also None for a text shorter than :data:`GATE_MIN_CHARS`."""
+    if len(normalized) < GATE_MIN_CHARS or not normalized.isascii():
+        return None
+    return normalized if normalized.islower() else normalized.lower()
+
+
+def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Lower-case strings of which every match of ``pattern`` in lower-case ASCII text contains one, or
+    None when no such set could be found (the pattern is then always searched).
+
+    A necessary condition only, read from the parsed pattern: a run of literal characters; the literals of
+    a group, a lookaround that must succeed, or a repeat that must happen at least once; the union of every
+    branch's literals when each branch has some. Of the candidates in a sequence, the most selective wins.
+    """
+    try:
+        parser = importlib.import_module("re._parser")
+    except ImportError:  # pragma: no cover - every CPython from 3.11 has it
+        return None
+    return _literals_of(parser, parser.parse(pattern.pattern, pattern.flags))
+
+
+def _literals_of(parser: Any, subpattern: Any) -> tuple[str, ...] | None:
+    candidates: list[tuple[str, ...]] = []
+    run: list[str] = []
+
+    def end_run() -> None:
+        if run:
+            candidates.append(("".join(run),))
+            run.clear()
+
+    for op, av in subpattern.data:
+        name = str(op)
+        if name == "LITERAL" and av < 128:
+            run.append(chr(av).lower())
+            continue
+        end_run()
+        found: tuple[str, ...] | None = None
+        if name == "SUBPATTERN":
+            found = _literals_of(parser, av[-1])
+        elif name == "ATOMIC_GROUP":
+            found = _literals_of(parser, av)
+        elif name == "ASSERT":  # a lookahead or lookbehind that must succeed reads text that is there
+            found = _literals_of(parser, av[1])
+        elif name in _REPEATS and av[0] >= 1:
+            found = _literals_of(parser, av[2])
+        elif name == "BRANCH":
+            branches = [_literals_of(parser, branch) for branch in av[1]]
+            if all(branch is not None for branch in branches):
+                found = tuple(dict.fromkeys(lit for branch in branches if branch for lit in branch))
+        if found:
+            candidates.append(found)
+    end_run()
+    if not candidates:
+        return None
+    return max(candidates, key=lambda literals: (min(map(len, literals)), -len(literals)))
+
+
 def _subpatterns(parser: Any, value: Any) -> Iterable[Any]:
     if isinstance(value, parser.SubPattern):
         yield value
@@ -130,6 +203,8 @@ class SecurityRule:
     patterns: tuple[re.Pattern[str], ...]
     examples: tuple[str, ...] = ()
     counter_examples: tuple[str, ...] = ()
+    # Per pattern, the literals one of which an ASCII text must hold for it to match (see required_literals).
+    gates: tuple[tuple[str, ...] | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _ID.fullmatch(self.id):
@@ -145,10 +220,24 @@ class SecurityRule:
                 check_pattern(pattern.pattern)
             except ValueError as exc:
                 raise ValueError(f"rule {self.id}: {exc}") from None
+        object.__setattr__(self, "gates", tuple(required_literals(pattern) for pattern in self.patterns))
 
     def matches(self, normalized: str) -> bool:
         """Whether any pattern is found in text already passed through :func:`normalize_for_screening`."""
-        return any(pattern.search(normalized) for pattern in self.patterns)
+        return self.found_in(normalized, gate_text(normalized))
+
+    def found_in(self, normalized: str, probe: str | None) -> bool:
+        """:meth:`matches`, given ``gate_text(normalized)`` (computed once for every rule of a screen)."""
+        for pattern, gate in zip(self.patterns, self.gates, strict=True):
+            if probe is not None and gate is not None:
+                for literal in gate:
+                    if literal in probe:
+                        break
+                else:
+                    continue  # none of the literals it needs: it cannot match
+            if pattern.search(normalized):
+                return True
+        return False
 
     def check_examples(self) -> None:
         """Raise ValueError unless every example matches this rule and no counter-example does."""
@@ -287,8 +376,9 @@ class SecurityScreen:
         normalized = normalize_for_screening(text, self.max_chars)
         if not normalized:
             return None
+        probe = gate_text(normalized)
         for rule in self.rules:
-            if rule.matches(normalized):
+            if rule.found_in(normalized, probe):
                 return rule
         return None
 
