@@ -95,13 +95,19 @@ def _is_media(text: str) -> bool:
     return _MEDIA.fullmatch(text.strip()) is not None
 
 
+def _regex_parser() -> Any | None:
+    """CPython's regex parser, the one re.compile uses (None on an interpreter without it)."""
+    try:
+        return importlib.import_module("re._parser")
+    except ImportError:  # pragma: no cover - every CPython from 3.11 has it
+        return None
+
+
 def check_pattern(pattern: str) -> None:
     """Raise ValueError if a pattern could backtrack badly (see the module docstring for the rules)."""
-    try:
-        parser = importlib.import_module("re._parser")  # CPython's regex parser, the one re.compile uses
-    except ImportError:  # pragma: no cover - every CPython from 3.11 has it
-        return
-    _check_subpattern(parser, parser.parse(pattern), pattern)
+    parser = _regex_parser()
+    if parser is not None:
+        _check_subpattern(parser, parser.parse(pattern), pattern)
 
 
 def _check_subpattern(parser: Any, subpattern: Any, pattern: str) -> None:
@@ -141,9 +147,8 @@ def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
     a group, a lookaround that must succeed, or a repeat that must happen at least once; the union of every
     branch's literals when each branch has some. Of the candidates in a sequence, the most selective wins.
     """
-    try:
-        parser = importlib.import_module("re._parser")
-    except ImportError:  # pragma: no cover - every CPython from 3.11 has it
+    parser = _regex_parser()
+    if parser is None:
         return None
     return _literals_of(parser, parser.parse(pattern.pattern, pattern.flags))
 
