@@ -17,6 +17,7 @@ from predictd.safety.security import (
     SecurityScreen,
     check_pattern,
     gate_text,
+    min_match_chars,
     normalize_for_screening,
     parse_rules,
     required_literals,
@@ -316,11 +317,12 @@ def _screening_corpus() -> list[str]:
             f"{seed} \u2121",
         ]
         corpus += [seed[: len(seed) // 2], seed[1:], seed.replace(" ", "  ")]
+        corpus += [seed[:size] for size in (1, 2, 3, 5, 8)]
     corpus += [shape * (2000 // len(shape)) for shape in ("<a ", "{{ ", "#{7", "ignore ", "' or ", "curl ")]
     return corpus
 
 
-def test_skipping_patterns_by_their_literals_never_changes_a_finding() -> None:
+def test_skipping_patterns_by_literals_or_length_never_changes_a_finding() -> None:
     corpus = _screening_corpus()
     skipped = 0
     for text in corpus:
@@ -338,6 +340,31 @@ def test_skipping_patterns_by_their_literals_never_changes_a_finding() -> None:
                 if gate is not None and not any(literal in probe for literal in gate)
             )
     assert skipped > len(corpus)  # the gates do skip searches: the comparison above is not vacuous
+    too_short = sum(
+        1
+        for text in corpus
+        for rule in SCREEN.rules
+        for min_chars in rule.min_chars
+        if len(normalize_for_screening(text)) < min_chars
+    )
+    assert too_short > len(corpus)  # and so does the length a match needs
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fewest"),
+    [
+        (r"ignore", 6),
+        (r"ab{2,3}", 3),
+        (r"(?:ab)?c", 1),
+        (r"(?<=ab)c", 1),  # a lookbehind reads text before the match, not in it
+        (r"\bdrop\b", 4),
+        (r"(?:drop|truncate) table", 10),
+        (r"<%=?[^%]{0,200}%>", 4),
+        ("\u212a", 1),
+    ],
+)
+def test_the_fewest_characters_a_match_spans_are_read_from_the_pattern(pattern: str, fewest: int) -> None:
+    assert min_match_chars(re.compile(pattern, re.IGNORECASE)) == fewest
 
 
 def test_non_ascii_text_searches_every_pattern() -> None:

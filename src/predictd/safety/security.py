@@ -53,6 +53,7 @@ __all__ = [
     "check_pattern",
     "gate_text",
     "load_rules",
+    "min_match_chars",
     "normalize_for_screening",
     "parse_rules",
     "required_literals",
@@ -139,6 +140,16 @@ def gate_text(normalized: str) -> str | None:
     return normalized if normalized.islower() else normalized.lower()
 
 
+def min_match_chars(pattern: re.Pattern[str]) -> int:
+    """The fewest characters any match of ``pattern`` spans (0 when the parser is unavailable): a text
+    shorter than that cannot hold a match. Exact even ignoring case, where Python's ``re`` matches one
+    character with one character."""
+    parser = _regex_parser()
+    if parser is None:
+        return 0
+    return int(parser.parse(pattern.pattern, pattern.flags).getwidth()[0])
+
+
 def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
     """Lower-case strings of which every match of ``pattern`` in lower-case ASCII text contains one, or
     None when no such set could be found (the pattern is then always searched).
@@ -210,6 +221,9 @@ class SecurityRule:
     counter_examples: tuple[str, ...] = ()
     # Per pattern, the literals one of which an ASCII text must hold for it to match (see required_literals).
     gates: tuple[tuple[str, ...] | None, ...] = field(init=False, repr=False, compare=False)
+    # Per pattern, the length a text needs to hold a match (see min_match_chars), and the least of them.
+    min_chars: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    shortest: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _ID.fullmatch(self.id):
@@ -226,6 +240,9 @@ class SecurityRule:
             except ValueError as exc:
                 raise ValueError(f"rule {self.id}: {exc}") from None
         object.__setattr__(self, "gates", tuple(required_literals(pattern) for pattern in self.patterns))
+        min_chars = tuple(min_match_chars(pattern) for pattern in self.patterns)
+        object.__setattr__(self, "min_chars", min_chars)
+        object.__setattr__(self, "shortest", min(min_chars))
 
     def matches(self, normalized: str) -> bool:
         """Whether any pattern is found in text already passed through :func:`normalize_for_screening`."""
@@ -233,7 +250,10 @@ class SecurityRule:
 
     def found_in(self, normalized: str, probe: str | None) -> bool:
         """:meth:`matches`, given ``gate_text(normalized)`` (computed once for every rule of a screen)."""
-        for pattern, gate in zip(self.patterns, self.gates, strict=True):
+        size = len(normalized)
+        for pattern, gate, min_chars in zip(self.patterns, self.gates, self.min_chars, strict=True):
+            if size < min_chars:
+                continue  # too short to hold a match: a short prompt skips most searches
             if probe is not None and gate is not None:
                 for literal in gate:
                     if literal in probe:
@@ -382,8 +402,9 @@ class SecurityScreen:
         if not normalized:
             return None
         probe = gate_text(normalized)
+        size = len(normalized)
         for rule in self.rules:
-            if rule.found_in(normalized, probe):
+            if size >= rule.shortest and rule.found_in(normalized, probe):
                 return rule
         return None
 
