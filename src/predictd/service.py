@@ -443,7 +443,7 @@ class Service:
         """Block until the prediction is terminal or ``timeout_s`` passes; return its latest state."""
         if prediction.terminal:
             return prediction
-        subscription = self.notifier.subscribe(prediction.id)
+        subscription = self.notifier.subscribe(prediction.id, terminal_only=True)
         try:
             # Read after subscribing, so a change between the caller's read and now cannot be missed.
             latest = await self.store.get_prediction(prediction.id) or prediction
@@ -451,7 +451,8 @@ class Service:
             while not latest.terminal:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    # Woken only by the end: read the state it reached meanwhile (started, say).
+                    return await self.store.get_prediction(prediction.id) or latest
                 update = await subscription.next(remaining)
                 if update is not None:
                     latest = update

@@ -86,6 +86,21 @@ def test_await_returns_the_finished_prediction(client: httpx.Client) -> None:
     assert body["urls"]["get"].endswith(f"/v1/predictions/{body['id']}")
 
 
+def test_an_await_that_times_out_answers_the_state_reached_meanwhile(make_server: Any) -> None:
+    """An await is woken only by the end of its prediction; when its wait runs out first, the answer still
+    shows how far the prediction got (running, with its start time), not the state it was submitted in."""
+    server = make_server("await_timeout_s = 0.5\n")
+    with server.client(server.key()) as client:
+        started = time.monotonic()
+        body = submit(client, "sleep", {"ms": 3000}, wait=True)
+        assert time.monotonic() - started < 2.5
+        assert body["status"] == "processing"
+        assert body["started_at"] is not None
+        assert body["output"] is None
+        done = wait_for(client, body["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+
+
 def test_predict_path_and_bearer_auth_are_equivalent(server: Server) -> None:
     key = server.key()
     with server.client() as anonymous:

@@ -48,9 +48,10 @@ class LocalBroker:
 
 
 class _LocalSubscription:
-    def __init__(self, hub: LocalNotifier, prediction_id: str) -> None:
+    def __init__(self, hub: LocalNotifier, prediction_id: str, terminal_only: bool) -> None:
         self._hub = hub
         self._id = prediction_id
+        self.terminal_only = terminal_only
         self.queue: asyncio.Queue[Prediction] = asyncio.Queue()
 
     async def next(self, timeout: float) -> Prediction | None:
@@ -83,14 +84,16 @@ class LocalNotifier:
     def deliver(self, prediction: Prediction) -> None:
         """Wake this process's subscribers of the prediction only (a change another process made)."""
         for subscription in self._subscribers.get(prediction.id, ()):
-            subscription.queue.put_nowait(prediction)
+            # An await waits for the end only: waking it for each step would cost a turn of its task.
+            if prediction.terminal or not subscription.terminal_only:
+                subscription.queue.put_nowait(prediction)
 
     def watched(self) -> list[str]:
         """The predictions someone in this process is waiting on."""
         return list(self._subscribers)
 
-    def subscribe(self, prediction_id: str) -> _LocalSubscription:
-        subscription = _LocalSubscription(self, prediction_id)
+    def subscribe(self, prediction_id: str, *, terminal_only: bool = False) -> _LocalSubscription:
+        subscription = _LocalSubscription(self, prediction_id, terminal_only)
         self._subscribers[prediction_id].add(subscription)
         return subscription
 

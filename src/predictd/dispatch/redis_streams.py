@@ -304,8 +304,8 @@ class RedisNotifier:
     def add_listener(self, listener: Callable[[Prediction], None]) -> None:
         self._local.add_listener(listener)
 
-    def subscribe(self, prediction_id: str) -> _LocalSubscription:
-        return self._local.subscribe(prediction_id)
+    def subscribe(self, prediction_id: str, *, terminal_only: bool = False) -> _LocalSubscription:
+        return self._local.subscribe(prediction_id, terminal_only=terminal_only)
 
     def publish(self, prediction: Prediction) -> None:
         self._local.publish(prediction)
