@@ -16,7 +16,7 @@ from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import SqlStore
 
-from ..conftest import ONE_SLEEP_SLOT_SENDING_AHEAD, Server, revoke_key_of
+from ..conftest import FIXTURE_MODELS, ONE_SLEEP_SLOT_SENDING_AHEAD, Server, revoke_key_of
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -99,6 +99,20 @@ def test_an_await_that_times_out_answers_the_state_reached_meanwhile(make_server
         assert body["output"] is None
         done = wait_for(client, body["id"], TERMINAL)
     assert done["status"] == "succeeded"
+
+
+def test_a_bare_number_output_reads_back_whole(make_server: Any) -> None:
+    server = make_server(f'[[models]]\nslug = "measure"\nref = "{FIXTURE_MODELS}:Measure"\n')
+    with server.client(server.key()) as client:
+        done = submit(client, "measure", {"text": "x"}, wait=True)
+        assert done["status"] == "succeeded", done
+        listed = client.get("/v1/predictions")  # read back through another connection (SQLAlchemy)
+        assert listed.status_code == 200, listed.text
+        (item,) = [p for p in listed.json()["data"] if p["id"] == done["id"]]
+        fetched = client.get(f"/v1/predictions/{done['id']}").json()
+    for body in (done, item, fetched):
+        assert body["output"] == 1.0
+        assert isinstance(body["output"], float)
 
 
 def test_predict_path_and_bearer_auth_are_equivalent(server: Server) -> None:

@@ -473,6 +473,81 @@ async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
     assert seen == {first.id: "processing", **{p.id: "queued" for p in many}}
 
 
+async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path: Path) -> None:
+    """What a move returns, what another connection reads and what SQLAlchemy reads are the same values of
+    the same types (a float column, JSON, times, flags): also a bare number as output, which SQLite would
+    store as a number (its column has NUMERIC affinity), and also after another connection changed the row
+    this one remembers."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
+    store, reader = await open_store(url), await open_store(url)
+    try:
+        alice = await store.create_account("alice")
+
+        async def moved_as_read(*moves: Move) -> list[Prediction | None]:
+            results = await store.transitions(list(moves))
+            await asyncio.sleep(0)  # the reader checks for other connections' commits once per loop turn
+            for result in results:
+                assert result is not None
+                fresh = await reader.get_prediction(result.id)
+                assert repr(result) == repr(fresh), "\n".join(
+                    f"{a} {b!r} {c!r}"
+                    for a in result.__dataclass_fields__
+                    if (b := getattr(result, a)) != (c := getattr(fresh, a, None)) or repr(b) != repr(c)
+                )
+            return results
+
+        def claim(prediction: Prediction) -> Move:
+            return Move(
+                prediction.id, Status.PROCESSING, count_attempt=True, changes={"started_at": utcnow()}
+            )
+
+        outputs: list[object] = ["x", 3, 2.5, 1.0, 12345678901234567890, None, {"a": [1, "é"]}, [1], True]
+        expected: dict[str, object] = {}
+        for output in outputs:
+            prediction = queued(alice.id, extra={"webhook": {"url": "https://example.com/h"}})
+            await store.insert_prediction(prediction)
+            await moved_as_read(claim(prediction))
+            changes = {"output": output, "completed_at": utcnow(), "predict_time": 1, "cost": 0}
+            (done,) = await moved_as_read(Move(prediction.id, Status.SUCCEEDED, changes=changes))
+            assert done is not None
+            assert (done.output, done.version, done.attempts) == (output, 2, 1)
+            expected[prediction.id] = output
+        # SQLAlchemy reads them whole too
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(predictions.c.id, predictions.c.output))).all()
+        assert {row[0]: row[1] for row in rows if row[0] in expected} == expected
+        assert [type(row[1]) for row in rows if row[0] in expected] == [
+            type(expected[row[0]]) for row in rows if row[0] in expected
+        ]
+
+        # requeued after its worker died, claimed again, then failed with its data removed
+        again, cancelled = queued(alice.id), queued(alice.id)
+        await store.insert_prediction(again)
+        await store.insert_prediction(cancelled)
+        await moved_as_read(claim(again), claim(cancelled))
+        await moved_as_read(Move(again.id, Status.QUEUED))
+        (second,) = await moved_as_read(claim(again))
+        assert second is not None
+        assert second.attempts == 2
+        failure = {"error_name": "PipelineError", "error_message": "boom", "completed_at": utcnow()}
+        failure |= {"predict_time": 0.25, "input": None, "output": None, "data_removed": True}
+        await moved_as_read(Move(again.id, Status.FAILED, changes=failure))
+        await moved_as_read(Move(cancelled.id, Status.CANCELLED, changes={"completed_at": utcnow()}))
+
+        # another connection removes a remembered prediction's data: the move must not bring it back
+        kept = queued(alice.id, input={"text": "private"})
+        await store.insert_prediction(kept)
+        await moved_as_read(claim(kept))
+        await reader.remove_data(kept.id, alice.id)
+        (ended,) = await moved_as_read(Move(kept.id, Status.SUCCEEDED, changes={"output": "o"}))
+        assert ended is not None
+        assert ended.input is None
+        assert ended.data_removed
+    finally:
+        await reader.close()
+        await store.close()
+
+
 async def test_sqlite_calls_cancelled_while_the_database_is_locked_leave_the_store_whole(
     tmp_path: Path,
 ) -> None:

@@ -49,7 +49,7 @@ from ..domain import (
 )
 from ..ports import DeliveryPlanner, IdempotencyKeyTaken, Move
 from .engines import Engine
-from .schema import predictions
+from .schema import predictions, read_sqlite_json, sqlite_json
 from .sql import SqlStore
 
 T = TypeVar("T")
@@ -113,13 +113,13 @@ _INSERT_DELIVERY = (
 # -- values as SQLAlchemy stores them on SQLite (both must read what the other wrote) ----------------------
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: Any) -> str | bytes:
     # SQLAlchemy's JSON type (none_as_null=False) stores None as the JSON text 'null', and so does this.
-    return orjson.dumps(value).decode()
+    return sqlite_json(value, orjson.dumps(value).decode())
 
 
-def _loads(text: str | bytes | None) -> Any:
-    return None if text is None else orjson.loads(text)
+def _loads(stored: str | bytes | float | None) -> Any:
+    return read_sqlite_json(stored, orjson.loads)
 
 
 def _time(value: datetime | None) -> str | None:
