@@ -17,10 +17,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, text
 
+from predictd.dispatch.local import LocalNotifier
 from predictd.domain import (
     Credits,
     CreditsRefused,
     IdempotencyRecord,
+    ModelInfo,
     NewDelivery,
     Plan,
     Prediction,
@@ -29,6 +31,8 @@ from predictd.domain import (
     utcnow,
 )
 from predictd.ports import IdempotencyKeyTaken, ListQuery, Move
+from predictd.runtime.executor import Executor
+from predictd.runtime.process import Failed, Succeeded, WorkerDied
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
@@ -299,6 +303,54 @@ async def test_credits_are_the_ledgers_sums_after_every_kind_of_entry(store: Sql
     credits = await store.credits(account.id)
     assert credits == await store.ledger_sums(account.id)
     assert credits == Credits(balance_micros=10_000_000 - 1_500_000 - 1_250_000, reserved_micros=2_000_000)
+
+
+async def test_outcomes_recorded_together_are_each_guarded_settled_and_published(store: SqlStore) -> None:
+    """A worker slot records every answer it has read in one write, with the claims of what it sends next:
+    each outcome lands on its own prediction, a success alone is charged, a died worker's prediction is
+    queued again, a prediction cancelled meanwhile keeps its cancel, and each change is published."""
+    account = await store.create_account("a")
+    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    notifier = LocalNotifier()
+    published: list[tuple[str, Status]] = []
+    notifier.add_listener(lambda p: published.append((p.id, p.status)))
+    executor = Executor(store, notifier, max_attempts=2)
+    model = ModelInfo("m", "", True, None, None, price=1.5)
+    ok, failed, died, cancelled, next_one = (queued(account.id) for _ in range(5))
+    for prediction in (ok, failed, died, cancelled, next_one):
+        await store.insert_prediction(prediction, reserve_micros=1_500_000)
+    running = await executor.claim_many([ok.id, failed.id, died.id, cancelled.id])
+    assert all(p is not None for p in running)
+    await store.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())  # a cancel meanwhile
+    published.clear()
+    ended = [
+        (running[0], Succeeded("out", 0.01)),
+        (running[1], Failed("PipelineError", "boom", 0.01)),
+        (running[2], WorkerDied("killed")),
+        (running[3], Succeeded("late", 0.01)),
+    ]
+    recorded, claimed = await executor.record_many_and_claim(ended, model, [next_one.id])  # type: ignore[arg-type]
+
+    statuses = [(s.status if s else None, again) for s, again in recorded]
+    assert statuses == [
+        (Status.SUCCEEDED, False),
+        (Status.FAILED, False),
+        (Status.QUEUED, True),
+        (None, False),
+    ]
+    assert [p.status if p else None for p in claimed] == [Status.PROCESSING]
+    assert (await store.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert (await store.get_prediction(ok.id)).output == "out"  # type: ignore[union-attr]
+    assert published == [
+        (ok.id, Status.SUCCEEDED),
+        (failed.id, Status.FAILED),
+        (died.id, Status.QUEUED),
+        (next_one.id, Status.PROCESSING),
+    ]
+    credits = await store.credits(account.id)
+    assert credits == await store.ledger_sums(account.id)
+    # charged: the success only; still held: the requeued one and the one just claimed
+    assert credits == Credits(balance_micros=10_000_000 - 1_500_000, reserved_micros=2 * 1_500_000)
 
 
 async def test_the_credits_migration_starts_each_account_from_its_ledger(tmp_path: Path) -> None:

@@ -62,3 +62,21 @@ async def test_cancelling_the_running_prediction_stops_it_at_once(worker: Worker
     outcome = await worker.answer("long", timeout=5.0)
     assert isinstance(outcome, Cancelled)
     assert isinstance(await worker.answer("next", timeout=5.0), Succeeded)
+
+
+async def test_answers_read_together_are_taken_without_waiting_and_in_order(worker: WorkerProcess) -> None:
+    """A busy server reads several answers at once; those already read are taken without waiting (so a
+    slot records them in one write), each matched to its own prediction, and one not answered yet is not."""
+    for index in range(5):
+        worker.send(f"p{index}", {"ms": 1})
+    worker.send("slow", {"ms": 1500})
+    await asyncio.sleep(0.5)  # the first five are answered by now, the last is running
+    first = await worker.answer("p0", timeout=10.0)
+    assert isinstance(first, Succeeded)
+    assert worker.answered("slow") is None  # not answered yet: nothing to take, and nothing waited for
+    taken = [worker.answered(f"p{index}") for index in range(1, 5)]
+    assert [outcome.output for outcome in taken if isinstance(outcome, Succeeded)] == ["slept 1 ms"] * 4
+    assert worker.answered("slow") is None
+    last = await worker.answer("slow", timeout=10.0)
+    assert isinstance(last, Succeeded)
+    assert last.output == "slept 1500 ms"

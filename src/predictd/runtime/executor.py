@@ -56,9 +56,24 @@ class Executor:
     ) -> tuple[Prediction | None, bool, list[Prediction | None]]:
         """``record`` and ``claim_many`` in one transaction: a worker slot that has just finished one
         prediction and takes the next pays for one commit, not two."""
-        move, requeue = self._outcome_move(prediction, outcome, model)
-        stored, *claimed = await self._move([move, *(_claim(p) for p in claims)])
-        return stored, requeue and stored is not None, claimed
+        ((stored, requeue),), claimed = await self.record_many_and_claim(
+            [(prediction, outcome)], model, claims
+        )
+        return stored, requeue, claimed
+
+    async def record_many_and_claim(
+        self, ended: Sequence[tuple[Prediction, Outcome]], model: ModelInfo | None, claims: Sequence[str]
+    ) -> tuple[list[tuple[Prediction | None, bool]], list[Prediction | None]]:
+        """Several outcomes (each as ``record``: the stored prediction and whether to queue it again) and
+        ``claim_many``, all in one transaction: the answers a worker sent while the server was busy cost one
+        commit together."""
+        outcome_moves = [self._outcome_move(prediction, outcome, model) for prediction, outcome in ended]
+        moved = await self._move([move for move, _ in outcome_moves] + [_claim(p) for p in claims])
+        stored = moved[: len(ended)]
+        recorded = [
+            (s, requeue and s is not None) for s, (_, requeue) in zip(stored, outcome_moves, strict=True)
+        ]
+        return recorded, moved[len(ended) :]
 
     async def _move(self, moves: list[Move]) -> list[Prediction | None]:
         moved = await self._store.transitions(moves, deliveries=self._deliveries)

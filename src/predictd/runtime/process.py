@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
 
 # Outputs can be large (images as base64); one protocol line may be this long.
 MAX_LINE_BYTES = 256 * 1024 * 1024
+# What one read from a worker's stdout takes at most: every answer the pipe holds, usually.
+_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class WorkerProcess:
         self._proc = proc
         self.ready = ready
         self._cancel_fd = cancel_fd  # write end of the worker's cancel pipe (see worker_main.py)
+        # Messages read from the worker and not yet taken, and the start of a line not yet whole.
+        self._messages: deque[dict[str, Any]] = deque()
+        self._partial = bytearray()
 
     @property
     def pid(self) -> int:
@@ -176,22 +182,50 @@ class WorkerProcess:
             return deadline_failure(timeout)
 
     async def _await_answer(self, prediction_id: str) -> Outcome:
+        messages = self._messages
         while True:
-            message = await self._read(self._proc)
-            if message is None:
+            while messages:
+                message = messages.popleft()
+                if message.get("id") != prediction_id:
+                    continue  # the answer of a prediction given up on (its deadline passed)
+                outcome = _outcome(message)
+                if outcome is not None:
+                    return outcome
+            if not await self._read_more():
                 await self._proc.wait()
                 self._close_cancel_pipe()
                 return WorkerDied(f"worker exited with code {self._proc.returncode} during the prediction")
-            if message.get("id") != prediction_id:
-                continue
-            kind = message.get("type")
-            predict_time = message.get("predict_time")
-            if kind == "succeeded":
-                return Succeeded(message.get("output"), float(predict_time or 0.0))
-            if kind == "failed":
-                return Failed(str(message["error_name"]), str(message["message"]), predict_time)
-            if kind == "cancelled":
-                return Cancelled(predict_time)
+
+    def answered(self, prediction_id: str) -> Outcome | None:
+        """The outcome of the next prediction the worker answers, ``prediction_id``, if that answer has been
+        read already; None otherwise, without waiting and without taking any other message (``answer``
+        skips those of predictions given up on). Under load a worker runs ahead of the server and several
+        answers arrive in one read: the caller can record them together."""
+        messages = self._messages
+        while messages and messages[0].get("id") == prediction_id:
+            outcome = _outcome(messages.popleft())
+            if outcome is not None:
+                return outcome
+        return None
+
+    async def _read_more(self) -> bool:
+        """Read what the worker has written, at least one byte; False at its end."""
+        assert self._proc.stdout is not None
+        chunk = await self._proc.stdout.read(_READ_BYTES)
+        if not chunk:
+            return False
+        partial = self._partial
+        searched = len(partial)
+        partial += chunk
+        end = partial.rfind(b"\n", searched)
+        if end < 0:
+            if len(partial) > MAX_LINE_BYTES:
+                raise ValueError(f"a worker message is longer than {MAX_LINE_BYTES} bytes")
+            return True
+        lines = bytes(partial[:end]).split(b"\n")
+        del partial[: end + 1]
+        self._messages.extend(orjson.loads(line) for line in lines if line)
+        return True
 
     def interrupt(self, prediction_id: str) -> None:
         """Cancel the prediction: stopped if running, answered ``cancelled`` unrun if it is still waiting in
@@ -215,6 +249,18 @@ class WorkerProcess:
         if self._cancel_fd >= 0:
             os.close(self._cancel_fd)
             self._cancel_fd = -1
+
+
+def _outcome(message: dict[str, Any]) -> Outcome | None:
+    kind = message.get("type")
+    predict_time = message.get("predict_time")
+    if kind == "succeeded":
+        return Succeeded(message.get("output"), float(predict_time or 0.0))
+    if kind == "failed":
+        return Failed(str(message["error_name"]), str(message["message"]), predict_time)
+    if kind == "cancelled":
+        return Cancelled(predict_time)
+    return None
 
 
 async def _terminate(proc: asyncio.subprocess.Process, graceful: bool = True) -> None:

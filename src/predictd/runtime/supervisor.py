@@ -224,7 +224,8 @@ class Supervisor:
         """Run ``first``, and then the predictions sent ahead behind it, until none is left.
 
         Store writes are shared: the predictions sent ahead together are claimed in one transaction, and
-        an outcome is recorded in the transaction that claims the predictions sent in its place."""
+        the outcomes read from the worker so far are recorded together, in the transaction that claims the
+        predictions sent in their place."""
         sent: deque[tuple[Job, Prediction]] = deque()
         await self._send(slot, [first, *self._ready_ahead(slot, 1)], sent)
         while sent:
@@ -234,9 +235,17 @@ class Supervisor:
                     await self._send(slot, more, sent)
             job, prediction = sent.popleft()
             slot.ahead.discard(job.prediction_id)
-            outcome = await self._answer(slot, job)
+            ended = [(job, prediction, await self._answer(slot, job))]
+            # Under load the worker runs ahead: the answers already read are recorded in the same write.
+            while sent and slot.worker is not None and not isinstance(ended[-1][2], WorkerDied):
+                answered = slot.worker.answered(sent[0][0].prediction_id)
+                if answered is None:
+                    break
+                job, prediction = sent.popleft()
+                slot.ahead.discard(job.prediction_id)
+                ended.append((job, prediction, answered))
             more = self._ready_ahead(slot, len(sent))
-            await self._record_and_send(slot, job, prediction, outcome, more, sent)
+            await self._record_and_send(slot, ended, more, sent)
 
     def _ready_ahead(self, slot: Slot, held: int) -> Sequence[Job]:
         """The jobs to send now behind the ``held`` ones the worker has: up to the model's prefetch, of the
@@ -305,18 +314,19 @@ class Supervisor:
     async def _record_and_send(
         self,
         slot: Slot,
-        job: Job,
-        prediction: Prediction,
-        outcome: Outcome,
+        ended: Sequence[tuple[Job, Prediction, Outcome]],
         more: Sequence[Job],
         sent: deque[tuple[Job, Prediction]],
     ) -> None:
-        """Record how ``job`` ended and claim ``more`` in one transaction; hand ``more`` to the worker."""
+        """Record how the ``ended`` jobs ended and claim ``more`` in one transaction; hand ``more`` to the
+        worker."""
         ids = [j.prediction_id for j in more if not j.orphaned]
         pricing = self._pricing[slot.model.slug]
-        write = partial(self._executor.record_and_claim, prediction, outcome, pricing, ids)
-        _, requeue, claimed = await self._store("record", job.prediction_id, write)
-        await self._hand_back(job, requeue)
+        outcomes = [(prediction, outcome) for _, prediction, outcome in ended]
+        write = partial(self._executor.record_many_and_claim, outcomes, pricing, ids)
+        recorded, claimed = await self._store("record", ended[0][0].prediction_id, write)
+        for (job, _, _), (_, requeue) in zip(ended, recorded, strict=True):
+            await self._hand_back(job, requeue)
         await self._dispatch(slot, more, dict(zip(ids, claimed, strict=True)), sent)
 
     async def _store(self, what: str, prediction_id: str, write: Callable[[], Awaitable[T]]) -> T:
