@@ -48,25 +48,15 @@ class Executor:
     ) -> tuple[Prediction | None, bool]:
         """Write the outcome. Returns the stored prediction (None if the write was refused) and whether
         the prediction should be queued again."""
-        stored, requeue, _ = await self.record_and_claim(prediction, outcome, model, ())
+        ((stored, requeue),), _ = await self.record_many_and_claim([(prediction, outcome)], model, ())
         return stored, requeue
-
-    async def record_and_claim(
-        self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None, claims: Sequence[str]
-    ) -> tuple[Prediction | None, bool, list[Prediction | None]]:
-        """``record`` and ``claim_many`` in one transaction: a worker slot that has just finished one
-        prediction and takes the next pays for one commit, not two."""
-        ((stored, requeue),), claimed = await self.record_many_and_claim(
-            [(prediction, outcome)], model, claims
-        )
-        return stored, requeue, claimed
 
     async def record_many_and_claim(
         self, ended: Sequence[tuple[Prediction, Outcome]], model: ModelInfo | None, claims: Sequence[str]
     ) -> tuple[list[tuple[Prediction | None, bool]], list[Prediction | None]]:
         """Several outcomes (each as ``record``: the stored prediction and whether to queue it again) and
-        ``claim_many``, all in one transaction: the answers a worker sent while the server was busy cost one
-        commit together."""
+        ``claim_many``, all in one transaction: a worker slot pays one commit for the answers it has read
+        and the predictions it sends in their place."""
         outcome_moves = [self._outcome_move(prediction, outcome, model) for prediction, outcome in ended]
         moved = await self._move([move for move, _ in outcome_moves] + [_claim(p) for p in claims])
         stored = moved[: len(ended)]

@@ -184,14 +184,12 @@ class WorkerProcess:
     async def _await_answer(self, prediction_id: str) -> Outcome:
         messages = self._messages
         while True:
-            while messages:
-                message = messages.popleft()
-                if message.get("id") != prediction_id:
-                    continue  # the answer of a prediction given up on (its deadline passed)
-                outcome = _outcome(message)
-                if outcome is not None:
-                    return outcome
-            if not await self._read_more():
+            while messages and messages[0].get("id") != prediction_id:
+                messages.popleft()  # the answer of a prediction given up on (its deadline passed)
+            outcome = self.answered(prediction_id)
+            if outcome is not None:
+                return outcome
+            if not messages and not await self._read_more():
                 await self._proc.wait()
                 self._close_cancel_pipe()
                 return WorkerDied(f"worker exited with code {self._proc.returncode} during the prediction")
