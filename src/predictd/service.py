@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .domain import (
     NATIVE_STATUS,
     Account,
     AccountStatus,
+    ApiKey,
     CreditsRefused,
     IdempotencyRecord,
     ModelInfo,
@@ -105,6 +107,9 @@ class Submission:
     replayed: bool = False
 
 
+# Principals kept by key digest (only valid keys get here: guessing cannot fill memory).
+MAX_REMEMBERED_PRINCIPALS = 4096
+
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -139,6 +144,7 @@ class Service:
         self._background = Background()
         self.text_moderator = text_moderator
         self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
+        self._principals: dict[str, tuple[tuple[ApiKey, Account], Principal]] = {}
         notifier.add_listener(self._release_when_done)
 
     def _release_when_done(self, prediction: Prediction) -> None:
@@ -166,11 +172,54 @@ class Service:
             or found[0].revoked_at is not None
         ):
             raise ApiError(ErrorId.UNAUTHORIZED, "The API key is invalid or has been revoked.")
+        known = self._principals.get(key_hash)
+        if known is not None and known[0] is found:
+            return known[1]
         api_key, account = found
         if account.status is AccountStatus.SUSPENDED:
             reason = f" ({account.status_reason})" if account.status_reason else ""
             raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended{reason}.")
-        return Principal(account=account, key_id=api_key.id, plan=await self.plan_of(account))
+        plan = await self.plan_of(account)
+        principal = Principal(account=account, key_id=api_key.id, plan=plan)
+        if (plan is account.plan_details or plan is self.policy.plan) and (
+            self.store.remembered_key(key_hash) is found  # a store that reads every time: nothing to keep
+        ):
+            self._remember_principal(key_hash, found, principal)
+        return principal
+
+    def principal_now(self, secret: str) -> Principal | None:
+        """The principal ``authenticate(secret)`` gave before, when nothing it was built from can have
+        changed and its plan has no rate limit to count: answered without I/O. None means "take the
+        asynchronous path", which also gives every refusal (unknown, revoked, suspended, rate-limited)."""
+        key_hash = keys.digest(secret)
+        found = self.store.remembered_key(key_hash)
+        if found is None:
+            return None
+        known = self._principals.get(key_hash)
+        # Remembered only after every check of authenticate_digest passed on this very (immutable) object.
+        if known is None or known[0] is not found:
+            return None
+        plan = known[1].plan
+        if plan.rate_limit is not None or plan.key_rate_limit is not None:
+            return None
+        return known[1]
+
+    def prediction_now(self, principal: Principal, prediction_id: str) -> Prediction | None:
+        """What ``get`` would answer, when the store can tell without I/O; None: take the async path."""
+        return self.store.remembered_prediction(prediction_id, principal.account.id)
+
+    def _remember_principal(self, key_hash: str, found: tuple[ApiKey, Account], principal: Principal) -> None:
+        """Keep the principal built from the store's answer ``found``, for as long as the store keeps
+        answering with that very object (compared with ``is``). A store that remembers rows (SQLite's) hands
+        out a new object once the key, its account or the plan read with it may have changed, so a revoked
+        key or a suspended account is never served from here; a store that reads every time keeps nothing.
+        Only a plan read with the key (or the deployment's own) counts: another plan row has no such guard.
+        """
+        principals = self._principals
+        if len(principals) >= MAX_REMEMBERED_PRINCIPALS and key_hash not in principals:
+            for old in list(itertools.islice(principals, MAX_REMEMBERED_PRINCIPALS // 2)):
+                del principals[old]
+        principals[key_hash] = (found, principal)
 
     async def plan_of(self, account: Account) -> Plan:
         name = account.plan or self.policy.default_plan_name

@@ -3,8 +3,10 @@ cause, the prediction lifecycle, cancel, delete, list, models, and failed predic
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from predictd.api.fashn import CREDITS_HEADER
 from predictd.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import SqlStore
@@ -265,6 +268,103 @@ def test_prediction_not_found_also_for_another_accounts_prediction(
         assert_error(other.delete(f"/v1/predictions/{theirs['id']}/delete"), ErrorId.PREDICTION_NOT_FOUND)
         assert theirs["id"] not in other.get("/v1/predictions").text
     assert client.get(f"/v1/predictions/{theirs['id']}").json()["input"] == {"text": "private"}
+
+
+# -- status reads answered from memory (api/context.FastRoutes) ----------------------------------------------
+# After its first request a key's principal is remembered, and the embedded store remembers predictions, so a
+# polled status read is answered without the route. These hold that answer to the route's, and to every
+# change that must refuse it; the scaled backend, which remembers nothing, answers the same through the route.
+
+
+def _status_reads(client: httpx.Client, prediction_id: str) -> tuple[httpx.Response, httpx.Response]:
+    return client.get(f"/v1/predictions/{prediction_id}"), client.get(f"/v1/status/{prediction_id}")
+
+
+def test_a_status_read_from_memory_answers_what_the_route_answers(server: Server) -> None:
+    owner = f"acct-{uuid.uuid4().hex[:8]}"
+    with server.client(server.key(owner)) as client:
+        done = submit(client, "echo", {"text": "same answer"}, wait=True)
+    # A new key of the same account: its first request is authenticated by the route, the next ones not.
+    with server.client(server.key(owner)) as client:
+        first = _status_reads(client, done["id"])
+        again = _status_reads(client, done["id"])
+        traced = client.get(f"/v1/predictions/{done['id']}", headers={"X-Request-Id": "trace-42"})
+    for routed, remembered in zip(first, again, strict=True):
+        assert routed.status_code == remembered.status_code == 200
+        assert routed.content == remembered.content
+        assert sorted(routed.headers) == sorted(remembered.headers)
+        assert routed.headers["content-type"] == remembered.headers["content-type"] == "application/json"
+        assert routed.headers["x-request-id"] != remembered.headers["x-request-id"]
+    assert first[0].json() == done
+    fashn_body = {"id": done["id"], "status": "completed", "output": ["same answer"], "error": None}
+    assert first[1].json() == fashn_body
+    assert first[1].headers[CREDITS_HEADER] == again[1].headers[CREDITS_HEADER]
+    assert traced.headers["x-request-id"] == "trace-42"
+    assert traced.content == first[0].content
+
+
+def test_a_rotated_out_key_is_refused_while_the_new_key_keeps_reading(server: Server) -> None:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    old_key, new_key = server.key(account), server.key(account)
+    with server.client(old_key) as old, server.client(new_key) as new:
+        done = submit(old, "echo", {"text": "x"}, wait=True)
+        for client in (old, new, old, new):
+            assert [r.status_code for r in _status_reads(client, done["id"])] == [200, 200]
+        server.with_store(lambda store: revoke_key_of(store, old_key))
+        assert [r.status_code for r in _status_reads(new, done["id"])] == [200, 200]
+        native, fashn = _status_reads(old, done["id"])
+        assert [r.status_code for r in _status_reads(new, done["id"])] == [200, 200]
+    assert_error(native, ErrorId.UNAUTHORIZED, "revoked")
+    assert fashn.status_code == API_ERRORS[ErrorId.UNAUTHORIZED].fashn_status
+    assert fashn.json()["error"] == API_ERRORS[ErrorId.UNAUTHORIZED].fashn_name
+
+
+def test_an_account_suspended_while_its_prediction_runs_cannot_read_it_after(server: Server) -> None:
+    name = f"acct-{uuid.uuid4().hex[:8]}"
+    with server.client(server.key(name)) as client:
+        running = submit(client, "sleep", {"ms": 1500})
+        for _ in range(3):
+            assert [r.status_code for r in _status_reads(client, running["id"])] == [200, 200]
+        server.with_store(lambda store: _suspend(store, name))
+        with server.client(server.key()) as bystander:  # its request has the server see the change
+            assert bystander.get("/v1/models").status_code == 200
+        # The worker's outcome is remembered after that; the read after it must still be refused.
+        assert server.with_store(lambda store: _ended(store, running["id"])) == "succeeded"
+        native, fashn = _status_reads(client, running["id"])
+    assert_error(native, ErrorId.ACCOUNT_SUSPENDED, "suspended")
+    assert fashn.status_code == API_ERRORS[ErrorId.ACCOUNT_SUSPENDED].fashn_status
+
+
+async def _ended(store: SqlStore, prediction_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = await store.get_prediction(prediction_id)
+        assert found is not None
+        if found.terminal:
+            return found.status.value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{prediction_id} did not end")
+
+
+def test_a_prediction_read_by_its_owner_stays_not_found_for_another_account(server: Server) -> None:
+    with server.client(server.key()) as owner, server.client(server.key()) as other:
+        done = submit(owner, "echo", {"text": "mine"}, wait=True)
+        assert other.get("/v1/models").status_code == 200  # both principals remembered from here on
+        for _ in range(3):
+            assert [r.status_code for r in _status_reads(owner, done["id"])] == [200, 200]
+        native, fashn = _status_reads(other, done["id"])
+    assert_error(native, ErrorId.PREDICTION_NOT_FOUND, done["id"])
+    assert fashn.status_code == API_ERRORS[ErrorId.PREDICTION_NOT_FOUND].fashn_status
+
+
+def test_status_reads_count_against_a_rate_limit(make_server: Any) -> None:
+    limited = make_server("rate_limit = 4\nrate_window_s = 60\n")
+    with limited.client(limited.key()) as client:
+        done = submit(client, "echo", {"text": "x"}, wait=True)
+        reads = [client.get(f"/v1/predictions/{done['id']}") for _ in range(3)]
+        assert [r.headers["RateLimit-Remaining"] for r in reads] == ["2", "1", "0"]
+        refused = client.get(f"/v1/predictions/{done['id']}")
+    assert_error(refused, ErrorId.RATE_LIMIT_EXCEEDED, "4 requests in 60 s")
 
 
 def test_unknown_route_and_method(client: httpx.Client) -> None:

@@ -23,7 +23,7 @@ from ..errors import ApiError, ErrorId
 from ..metrics import Metrics
 from ..webhooks import Renderer
 from . import account, admin, console, fashn, native, outputs
-from .auth import authenticated
+from .auth import authenticated, principal_now
 from .context import FastRoutes, RequestContext
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
@@ -87,7 +87,9 @@ def _fast_routes() -> FastRoutes:
         if isinstance(r, APIRoute) and r.endpoint in wanted
     ]
     assert len(routes) == len(wanted), "every fast endpoint is a route of its surface"
-    return FastRoutes(routes, authenticated)
+    return FastRoutes(
+        routes, authenticated, principal_now, answers_now={**native.ANSWERS_NOW, **fashn.ANSWERS_NOW}
+    )
 
 
 class PredictdApp(FastAPI):

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from ..domain import Principal
 from .sessions import COOKIE_NAME, console_principal
-from .state import deployment_of, service_of
+from .state import deployment_of, service_in, service_of
 
 
 def presented_key(request: Request) -> str | None:
-    """Both surfaces' headers are accepted on every path: a client sending the other one is not wrong.
+    """Both surfaces' headers are accepted on every path: a client sending the other one is not wrong."""
+    return key_in(request.scope["headers"])
 
-    Read from the raw ASGI headers (names arrive lower-cased), the first of each name as Starlette would:
-    every request runs this, and a header mapping costs more than the scan."""
+
+def key_in(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The API key in raw ASGI headers (names arrive lower-cased), the first of each name as Starlette
+    would: every request runs this, and a header mapping costs more than the scan."""
     api_key: bytes | None = None
     authorization: bytes | None = None
     name: bytes
     value: bytes
-    for name, value in request.scope["headers"]:
+    for name, value in headers:
         if name == b"x-api-key" and api_key is None:
             api_key = value
         elif name == b"authorization" and authorization is None:
@@ -56,6 +61,14 @@ def caller_region(request: Request) -> str | None:
 # forged cross-site request can never create, cancel, delete or rotate anything with a browser's cookie
 # (the cookie is SameSite=Strict as well, and no route answers CORS).
 COOKIE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def principal_now(scope: Scope) -> Principal | None:
+    """What ``authenticated`` would answer, when that needs no I/O: a key header whose principal the
+    service already holds, on a plan without rate limits. None means "call ``authenticated``", which gives
+    every refusal and serves the console's cookie."""
+    key = key_in(scope["headers"])
+    return None if key is None else service_in(scope).principal_now(key)
 
 
 async def authenticated(request: Request) -> Principal:

@@ -49,20 +49,30 @@ def _with_context_headers(
 ) -> list[tuple[bytes, bytes]]:
     """A response's headers plus the request id and ``extra``, each unless the response set it itself."""
     headers = list(raw)
+    if extra is None:  # the common case: one name to look for, no set to build
+        for name, _ in headers:
+            if name.lower() == b"x-request-id":
+                return headers
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+        return headers
     present = {name.lower() for name, _ in headers}
     if b"x-request-id" not in present:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
-    if extra:
-        for name, value in extra.items():
-            key = name.lower().encode("latin-1")
-            if key not in present:
-                headers.append((key, value.encode("latin-1")))
+    for extra_name, extra_value in extra.items():
+        key = extra_name.lower().encode("latin-1")
+        if key not in present:
+            headers.append((key, extra_value.encode("latin-1")))
     return headers
 
 
 UnhandledHandler = Callable[[Request, Exception], Awaitable[Response]]
 ErrorRenderer = Callable[[Request, ApiError], Response]
 Authenticator = Callable[[Request], Awaitable[Any]]
+# The caller's principal when it is known without I/O (see auth.principal_now); None: not known so.
+PrincipalNow = Callable[[Scope], Any]
+# A route's answer when it needs no I/O: (path params, scope, principal) -> a Response, or None when the
+# route must run (see native.get_prediction_now).
+AnswerNow = Callable[[dict[str, str], Scope, Any], Response | None]
 
 
 class FastRoutes:
@@ -73,25 +83,50 @@ class FastRoutes:
     return a Response qualify; they keep their FastAPI registration for the OpenAPI document and behave
     the same: the principal comes from the same ``authenticated`` dependency, an ApiError is rendered by
     the app's own handler, anything else goes to the unhandled-error path below.
+
+    A route may also have an answer-now companion (``answers_now``): a plain function that answers from
+    what is already in memory, or says None. A polled status read is then a few dictionary lookups: no
+    Request, no coroutine chain, no Response round trip through the ASGI layers. Whatever it cannot answer
+    (an error among others) the route itself answers, so every refusal still has one source.
     """
 
-    def __init__(self, routes: Iterable[APIRoute], authenticate: Authenticator) -> None:
+    def __init__(
+        self,
+        routes: Iterable[APIRoute],
+        authenticate: Authenticator,
+        principal_now: PrincipalNow | None = None,
+        answers_now: dict[Callable[..., Any], AnswerNow] | None = None,
+    ) -> None:
         self._authenticate = authenticate
-        self._by_method: dict[str, list[APIRoute]] = {}
+        self._principal_now = principal_now
+        self._by_method: dict[str, list[tuple[APIRoute, AnswerNow | None]]] = {}
+        routes = list(routes)
+        answers_now = answers_now or {}
+        unknown = set(answers_now) - {r.endpoint for r in routes}
+        if unknown:
+            raise ValueError(f"answers now for endpoints that are not fast routes: {unknown}")
+        if answers_now and principal_now is None:
+            raise ValueError("answers now need principal_now")
         for route in routes:
             if not all(isinstance(c, StringConvertor) for c in route.param_convertors.values()):
                 raise ValueError(f"{route.path}: only plain string path parameters are dispatched directly")
             for method in route.methods or ():
-                self._by_method.setdefault(method, []).append(route)
+                self._by_method.setdefault(method, []).append((route, answers_now.get(route.endpoint)))
 
-    def match(self, scope: Scope) -> tuple[APIRoute, dict[str, str]] | None:
+    def match(self, scope: Scope) -> tuple[APIRoute, dict[str, str], AnswerNow | None] | None:
         if scope.get("root_path"):
             return None  # mounted under a prefix: let the router resolve paths
-        for route in self._by_method.get(scope["method"], ()):
-            found = route.path_regex.match(scope["path"])
+        path = scope["path"]
+        for route, now in self._by_method.get(scope["method"], ()):
+            found = route.path_regex.match(path)
             if found is not None:
-                return route, found.groupdict()
+                return route, found.groupdict(), now
         return None
+
+    def answer_now(self, answer: AnswerNow, params: dict[str, str], scope: Scope) -> Response | None:
+        assert self._principal_now is not None
+        principal = self._principal_now(scope)
+        return None if principal is None else answer(params, scope, principal)
 
     async def call(self, route: APIRoute, params: dict[str, str], request: Request) -> Response:
         principal = await self._authenticate(request)
@@ -127,6 +162,35 @@ class RequestContext:
         request_id = _request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
+        fast_routes = self.fast_routes
+        fast = fast_routes.match(scope) if fast_routes is not None else None
+        if fast is not None and fast[2] is not None:
+            assert fast_routes is not None
+            try:
+                response = fast_routes.answer_now(fast[2], fast[1], scope)
+            except Exception as exc:
+                if self.on_unhandled is None:
+                    raise
+                response = await self.on_unhandled(Request(scope), exc)  # logged there, with the request id
+            if response is not None:
+                await _send_whole(response, request_id, None, send)
+                self.metrics.observe_http(
+                    scope["method"], fast[0].path, response.status_code, time.perf_counter() - started
+                )
+                return
+        await self._layered(scope, receive, send, request_id, started, fast)
+
+    async def _layered(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        started: float,
+        fast: tuple[APIRoute, dict[str, str], AnswerNow | None] | None,
+    ) -> None:
+        """Every request but those answered from memory: through the app's stack, or a fast route's
+        endpoint; with the body bounded, and an unhandled error answered with the request id."""
         status = 500
         started_response = completed_response = False
         limit = self.max_body_bytes
@@ -153,12 +217,20 @@ class RequestContext:
                 )
             await send(message)
 
-        fast = self.fast_routes.match(scope) if self.fast_routes is not None else None
         try:
             if fast is None:
                 await self.app(scope, bounded_receive, send_with_id)
+                return
+            scope["route"] = fast[0]
+            response = await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id)
+            if _is_whole(response):
+                # Sent here rather than by Response.__call__ through send_with_id: two layers less.
+                status = response.status_code
+                started_response = True
+                await _send_whole(response, request_id, scope["state"].get("rate_headers"), send)
+                completed_response = True
             else:
-                await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id)
+                await response(scope, bounded_receive, send_with_id)
         except Exception as exc:
             # Answered (or found answered) here rather than re-raised to uvicorn, which would log the
             # traceback a second time (without the request id) and close the connection under a keep-alive
@@ -170,22 +242,31 @@ class RequestContext:
             response = await self.on_unhandled(Request(scope), exc)
             await response(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = fast[0].path if fast is not None else getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_http(scope["method"], template, status, time.perf_counter() - started)
 
     async def _dispatch(
         self, route: APIRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """What Starlette's router and FastAPI's request_response would do for ``route``, minus the layers."""
+    ) -> Response:
+        """What Starlette's router and FastAPI's request_response would do for ``route``, minus the layers:
+        the route's response, or its error rendered by the app's own handler."""
         assert self.fast_routes is not None
         assert self.render_error is not None
-        scope["route"] = route
         scope["endpoint"] = route.endpoint
         scope["path_params"] = params
         request = Request(scope, receive, send)
         try:
-            response = await self.fast_routes.call(route, params, request)
+            return await self.fast_routes.call(route, params, request)
         except ApiError as error:
-            response = self.render_error(request, error)
-        await response(scope, receive, send)
+            return self.render_error(request, error)
+
+
+async def _send_whole(response: Response, request_id: str, extra: dict[str, str] | None, send: Send) -> None:
+    headers = _with_context_headers(response.raw_headers, request_id, extra)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _is_whole(response: Response) -> bool:
+    """A response whose body is all in ``body`` and that has nothing to run after it is sent."""
+    return type(response).__call__ is Response.__call__ and response.background is None

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
+from starlette.types import Scope
 
 from ..domain import FASHN_STATUS, Prediction, Principal, Status
 from ..errors import API_ERRORS, ApiError, ErrorId
@@ -19,8 +20,8 @@ from ..webhooks import fashn_target
 from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
-from .responses import JSONResponse, base_url_of, retry_headers
-from .state import request_id_of, service_of
+from .responses import JSONResponse, base_url, base_url_of, retry_headers
+from .state import request_id_of, service_in, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
 
@@ -182,7 +183,17 @@ async def status(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
     prediction = await service_of(request).get(principal, prediction_id)
-    return JSONResponse(status_body(prediction, base_url_of(request)), headers=_credit_headers(prediction))
+    return _status_response(prediction, request.scope)
+
+
+def status_now(params: dict[str, str], scope: Scope, principal: Principal) -> JSONResponse | None:
+    """``status``'s answer when the prediction is in memory (see context.FastRoutes)."""
+    prediction = service_in(scope).prediction_now(principal, params["prediction_id"])
+    return None if prediction is None else _status_response(prediction, scope)
+
+
+def _status_response(prediction: Prediction, scope: Scope) -> JSONResponse:
+    return JSONResponse(status_body(prediction, base_url(scope)), headers=_credit_headers(prediction))
 
 
 @router.post(
@@ -199,3 +210,4 @@ async def cancel(
 
 # Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
 FAST_ENDPOINTS = (run, status)
+ANSWERS_NOW = {status: status_now}

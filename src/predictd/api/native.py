@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
+from starlette.types import Scope
 
 from ..domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
 from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
@@ -24,8 +25,8 @@ from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
-from .responses import JSONResponse, RenderedBodies, RenderedJSON, base_url_of, retry_headers
-from .state import deployment_of, request_id_of, service_of
+from .responses import JSONResponse, RenderedBodies, RenderedJSON, base_url, base_url_of, retry_headers
+from .state import deployment_of, request_id_of, service_in, service_of
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
 
@@ -387,7 +388,17 @@ async def get_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> RenderedJSON:
     prediction = await service_of(request).get(principal, prediction_id)
-    return RenderedJSON(_STATUS_BODIES.json(prediction, base_url_of(request)))
+    return _status_response(prediction, request.scope)
+
+
+def get_prediction_now(params: dict[str, str], scope: Scope, principal: Principal) -> RenderedJSON | None:
+    """``get_prediction``'s answer when the prediction is in memory (see context.FastRoutes)."""
+    prediction = service_in(scope).prediction_now(principal, params["prediction_id"])
+    return None if prediction is None else _status_response(prediction, scope)
+
+
+def _status_response(prediction: Prediction, scope: Scope) -> RenderedJSON:
+    return RenderedJSON(_STATUS_BODIES.json(prediction, base_url(scope)))
 
 
 @router.post(
@@ -605,3 +616,4 @@ async def stream_prediction(
 
 # Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
 FAST_ENDPOINTS = (create_prediction, predict, get_prediction)
+ANSWERS_NOW = {get_prediction: get_prediction_now}

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from ..domain import Prediction
 from ..errors import ApiError
@@ -78,14 +79,21 @@ _MAX_BASE_URLS = 256
 
 
 def base_url_of(request: Request) -> str:
+    return base_url(request.scope)
+
+
+def base_url(scope: Scope) -> str:
     """``str(request.base_url)``, built once per distinct (scheme, Host header, server, root paths) instead
     of on every request (URL parsing and the Host header's validation are ~10 % of a status read)."""
-    scope = request.scope
-    host = next((value for key, value in scope["headers"] if key == b"host"), None)
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value
+            break
     key = (scope.get("scheme"), host, scope.get("server"), scope.get("root_path"), scope.get("app_root_path"))
     found = _BASE_URLS.get(key)
     if found is None:
-        found = str(request.base_url)
+        found = str(Request(scope).base_url)
         if len(_BASE_URLS) >= _MAX_BASE_URLS:
             _BASE_URLS.clear()
         _BASE_URLS[key] = found

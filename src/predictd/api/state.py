@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol, cast
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from ..assemble import Deployment
 from ..service import Service
@@ -20,6 +21,11 @@ def deployment_of(request: Request) -> Deployment:
 
 def service_of(request: Request) -> Service:
     return deployment_of(request).service
+
+
+def service_in(scope: Scope) -> Service:
+    """``service_of`` for code that has the ASGI scope and no Request."""
+    return cast(_Serving, scope["app"]).deployment.service
 
 
 def request_id_of(request: Request) -> str:

@@ -493,6 +493,12 @@ class SqlStore:
             )
         return key
 
+    def remembered_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
+        return None  # every read goes to the database
+
+    def remembered_prediction(self, prediction_id: str, account_id: str) -> Prediction | None:
+        return None  # every read goes to the database
+
     async def find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
         """The key, its account and the account's plan (``Account.plan_details``), in one round trip."""
         async with self.engine.connect() as conn:

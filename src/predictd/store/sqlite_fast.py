@@ -382,6 +382,15 @@ class SqliteStore(SqlStore):
 
     # -- keys, plans, credits ------------------------------------------------------------------------------
 
+    def remembered_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
+        self._recent_valid(self.db)
+        return self._keys.get(key_hash)
+
+    def remembered_prediction(self, prediction_id: str, account_id: str) -> Prediction | None:
+        self._recent_valid(self.db)
+        found = self._predictions.get(prediction_id)
+        return found if found is not None and found.account_id == account_id else None
+
     async def find_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
         self._recent_valid(self.db)
         found = self._keys.get(key_hash)
