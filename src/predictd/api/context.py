@@ -29,19 +29,20 @@ def body_too_large(limit: int) -> ApiError:
 
 
 # A random tag per process and a counter: unique ids without reading the system's random source per request.
-_ID_TAG = secrets.token_hex(10)
+_ID_PREFIX = "req_" + secrets.token_hex(10)
 _ID_COUNTER = itertools.count()
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The caller's ``X-Request-Id`` when it is a sane one, otherwise a new ``req_`` + 32 hex digits."""
+    """The caller's ``X-Request-Id`` when it is a sane one, otherwise a new one: ``req_``, the process's 20
+    hex digits, the request's number in hex (formatted without a width: a third of the time of ``:012x``)."""
     for name, value in headers:
         if name == b"x-request-id":
             incoming = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(incoming):
                 return incoming
             break
-    return f"req_{_ID_TAG}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
 
 
 def _with_context_headers(
@@ -160,7 +161,6 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope["headers"])
-        scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         fast_routes = self.fast_routes
         fast = fast_routes.match(scope) if fast_routes is not None else None
@@ -171,6 +171,7 @@ class RequestContext:
             except Exception as exc:
                 if self.on_unhandled is None:
                     raise
+                scope.setdefault("state", {})["request_id"] = request_id
                 response = await self.on_unhandled(Request(scope), exc)  # logged there, with the request id
             if response is not None:
                 await _send_whole(response, request_id, None, send)
@@ -191,6 +192,7 @@ class RequestContext:
     ) -> None:
         """Every request but those answered from memory: through the app's stack, or a fast route's
         endpoint; with the body bounded, and an unhandled error answered with the request id."""
+        scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started_response = completed_response = False
         limit = self.max_body_bytes
