@@ -191,6 +191,8 @@ class Service:
         """The principal ``authenticate(secret)`` gave before, when nothing it was built from can have
         changed and its plan has no rate limit to count: answered without I/O. None means "take the
         asynchronous path", which also gives every refusal (unknown, revoked, suspended, rate-limited)."""
+        if not self._principals:
+            return None  # nothing remembered (a store that reads every time): not even the digest to take
         key_hash = keys.digest(secret)
         found = self.store.remembered_key(key_hash)
         if found is None:
