@@ -50,19 +50,14 @@ def _with_context_headers(
 ) -> list[tuple[bytes, bytes]]:
     """A response's headers plus the request id and ``extra``, each unless the response set it itself."""
     headers = list(raw)
-    if extra is None:  # the common case: one name to look for, no set to build
-        for name, _ in headers:
-            if name.lower() == b"x-request-id":
-                return headers
-        headers.append((b"x-request-id", request_id.encode("latin-1")))
-        return headers
     present = {name.lower() for name, _ in headers}
     if b"x-request-id" not in present:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
-    for extra_name, extra_value in extra.items():
-        key = extra_name.lower().encode("latin-1")
-        if key not in present:
-            headers.append((key, extra_value.encode("latin-1")))
+    if extra:
+        for name, value in extra.items():
+            key = name.lower().encode("latin-1")
+            if key not in present:
+                headers.append((key, value.encode("latin-1")))
     return headers
 
 
@@ -124,14 +119,14 @@ class FastRoutes:
                 return route, found.groupdict(), now
         return None
 
-    def answer_now(self, answer: AnswerNow, params: dict[str, str], scope: Scope) -> Response | None:
-        assert self._principal_now is not None
-        principal = self._principal_now(scope)
-        return None if principal is None else answer(params, scope, principal)
+    def principal_now(self, scope: Scope) -> Any:
+        """The principal ``authenticate`` would give, when that needs no I/O and no rate check; else None."""
+        return None if self._principal_now is None else self._principal_now(scope)
 
-    async def call(self, route: APIRoute, params: dict[str, str], request: Request) -> Response:
-        # The same principal ``authenticate`` would give, when that needs no I/O and no rate check.
-        principal = None if self._principal_now is None else self._principal_now(request.scope)
+    async def call(
+        self, route: APIRoute, params: dict[str, str], request: Request, principal: Any
+    ) -> Response:
+        """``route``'s endpoint, for ``principal`` or (None) whoever ``authenticate`` finds."""
         if principal is None:
             principal = await self._authenticate(request)
         response = await route.endpoint(**params, request=request, principal=principal)
@@ -167,10 +162,16 @@ class RequestContext:
         started = time.perf_counter()
         fast_routes = self.fast_routes
         fast = fast_routes.match(scope) if fast_routes is not None else None
-        if fast is not None and fast[2] is not None:
+        principal = None
+        if fast is not None:
             assert fast_routes is not None
+            route, params, answer_now = fast
             try:
-                response = fast_routes.answer_now(fast[2], fast[1], scope)
+                # Looked up once: the route's own endpoint gets it too when memory cannot answer.
+                principal = fast_routes.principal_now(scope)
+                response = (
+                    None if principal is None or answer_now is None else answer_now(params, scope, principal)
+                )
             except Exception as exc:
                 if self.on_unhandled is None:
                     raise
@@ -179,10 +180,10 @@ class RequestContext:
             if response is not None:
                 await _send_whole(response, request_id, None, send)
                 self.metrics.observe_http(
-                    scope["method"], fast[0].path, response.status_code, time.perf_counter() - started
+                    scope["method"], route.path, response.status_code, time.perf_counter() - started
                 )
                 return
-        await self._layered(scope, receive, send, request_id, started, fast)
+        await self._layered(scope, receive, send, request_id, started, fast, principal)
 
     async def _layered(
         self,
@@ -192,6 +193,7 @@ class RequestContext:
         request_id: str,
         started: float,
         fast: tuple[APIRoute, dict[str, str], AnswerNow | None] | None,
+        principal: Any,
     ) -> None:
         """Every request but those answered from memory: through the app's stack, or a fast route's
         endpoint; with the body bounded, and an unhandled error answered with the request id."""
@@ -227,7 +229,7 @@ class RequestContext:
                 await self.app(scope, bounded_receive, send_with_id)
                 return
             scope["route"] = fast[0]
-            response = await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id)
+            response = await self._dispatch(fast[0], fast[1], scope, bounded_receive, send_with_id, principal)
             if _is_whole(response):
                 # Sent here rather than by Response.__call__ through send_with_id: two layers less.
                 status = response.status_code
@@ -251,7 +253,13 @@ class RequestContext:
             self.metrics.observe_http(scope["method"], template, status, time.perf_counter() - started)
 
     async def _dispatch(
-        self, route: APIRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+        self,
+        route: APIRoute,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Any,
     ) -> Response:
         """What Starlette's router and FastAPI's request_response would do for ``route``, minus the layers:
         the route's response, or its error rendered by the app's own handler."""
@@ -261,7 +269,7 @@ class RequestContext:
         scope["path_params"] = params
         request = Request(scope, receive, send)
         try:
-            return await self.fast_routes.call(route, params, request)
+            return await self.fast_routes.call(route, params, request, principal)
         except ApiError as error:
             return self.render_error(request, error)
 
