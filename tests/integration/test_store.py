@@ -525,6 +525,51 @@ async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
     assert seen == {first.id: "processing", **{p.id: "queued" for p in many}}
 
 
+async def test_embedded_writes_waiting_for_another_connections_lock_all_land_once_it_goes(
+    tmp_path: Path,
+) -> None:
+    """Embedded writes share commits. Writes made while another process holds the write lock (``predictd
+    keys revoke``) wait without blocking the event loop, and all land once it lets go; a caller cancelled
+    meanwhile (a shutdown) has nothing written."""
+    path = tmp_path / "store.sqlite3"
+    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    try:
+        alice = await store.create_account("alice")
+        first = queued(alice.id)
+        await store.insert_prediction(first)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        many = [queued(alice.id) for _ in range(10)]
+        gone = queued(alice.id)
+        inserts = [asyncio.create_task(store.insert_prediction(p)) for p in many]
+        cancelled = asyncio.create_task(store.insert_prediction(gone))
+        move = asyncio.create_task(store.transition(first.id, Status.PROCESSING, started_at=utcnow()))
+        await asyncio.sleep(0.3)
+        assert not any(t.done() for t in [*inserts, move]), "nothing is answered before it is committed"
+        cancelled.cancel()
+        holder.execute("COMMIT")
+        holder.close()
+        await asyncio.wait_for(asyncio.gather(*inserts), timeout=10)
+        moved = await asyncio.wait_for(move, timeout=10)
+        assert moved is not None
+        assert moved.status is Status.PROCESSING
+
+        def committed() -> dict[str, str]:
+            other = sqlite3.connect(path)
+            try:
+                return dict(other.execute("SELECT id, status FROM predictions").fetchall())
+            finally:
+                other.close()
+
+        assert await asyncio.to_thread(committed) == {
+            first.id: "processing",
+            **{p.id: "queued" for p in many},
+        }
+        assert await store.get_prediction(gone.id) is None
+    finally:
+        await store.close()
+
+
 async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path: Path) -> None:
     """What a move returns, what another connection reads and what SQLAlchemy reads are the same values of
     the same types (a float column, JSON, times, flags): also a bare number as output, which SQLite would

@@ -4,13 +4,19 @@ Every statement a prediction needs (authenticate, insert, claim, record, read) i
 few microseconds; through SQLAlchemy's async engine over aiosqlite's thread (as SQLite was reached then) the
 same statement cost 0.5-0.9 ms of CPU (measured: ``get_prediction`` 734 us against 10 us, a one-row write
 transaction 874 us against 19 us). So these methods talk to sqlite3 directly, with the same SQL semantics
-as ``SqlStore`` (one transaction per state change, the state-machine guard in the UPDATE, settlement and the
+as ``SqlStore`` (every state change all or nothing, the state-machine guard in the UPDATE, settlement and the
 webhook outbox in the same transaction); everything else (administration, listing, webhooks) stays on
 SQLAlchemy.
 
 Reads of keys and predictions are served from memory while they are provably current (see ``_Recent``):
 the hottest request, a status read, then costs no SQL but at most one ``PRAGMA data_version`` per event-loop
 iteration.
+
+Writes share commits (see ``_write``): the inserts asked for in one event-loop iteration are committed
+together at its end, and a state change commits at once, taking the waiting inserts with it. A caller is
+answered only once its write is committed. Several writes in one transaction behave as if each ran in its
+own: when one fails (a refused reservation, a taken idempotency key), all are rolled back and each runs
+again alone.
 
 Nothing here ever blocks the event loop on a lock: the connection's busy timeout is 0 and a write that
 finds the database locked (another process, such as ``predictd keys revoke``, or one of SQLAlchemy's own
@@ -22,11 +28,13 @@ A transaction never spans an ``await``, so no other coroutine can interleave wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -241,6 +249,34 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _busy_delays() -> Iterator[float]:
+    return itertools.chain(_BUSY_RETRY_S, itertools.repeat(_BUSY_RETRY_S[-1]))
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"  # committed, or failed: every future has its answer
+    BUSY = "busy"  # another connection holds the write lock: nothing was done
+    SPLIT = "split"  # one write of several failed: all were rolled back
+
+
+@dataclasses.dataclass(slots=True)
+class _Write(Generic[T]):
+    action: Callable[[sqlite3.Connection], T]
+    on_commit: Callable[[T], None] | None
+    future: asyncio.Future[T]
+
+
+def _live(batch: list[_Write[Any]]) -> list[_Write[Any]]:
+    # A caller cancelled before its write ran (a shutdown): nothing of it is written.
+    return [w for w in batch if not w.future.cancelled()]
+
+
+def _fail(batch: list[_Write[Any]], exc: BaseException) -> None:
+    for write in batch:
+        if not write.future.done():
+            write.future.set_exception(exc)
+
+
 class _Recent(Generic[T]):
     """Rows this connection read or wrote, reused while nothing can have changed them.
 
@@ -282,6 +318,8 @@ class SqliteStore(SqlStore):
         self._predictions: _Recent[Prediction] = _Recent()
         self._data_version: int | None = None
         self._version_checked = False
+        self._pending: list[_Write[Any]] = []  # writes for the transaction at the end of this iteration
+        self._waiting: set[asyncio.Task[None]] = set()  # batches waiting for another connection's lock
 
     # -- the connection ------------------------------------------------------------------------------------
 
@@ -299,6 +337,10 @@ class SqliteStore(SqlStore):
         return self._db
 
     async def close(self) -> None:
+        if self._pending:
+            self._commit_pending()
+        if self._waiting:
+            await asyncio.gather(*self._waiting, return_exceptions=True)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -326,20 +368,11 @@ class SqliteStore(SqlStore):
         self._version_checked = False
 
     async def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._retrying(action, write=False)
-
-    async def _write(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._retrying(action, write=True)
-
-    async def _retrying(self, action: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         db = self.db
         deadline: float | None = None
-        tries = 0
-        while True:
+        for delay in _busy_delays():
             try:
-                if not write:
-                    return action(db)
-                db.execute("BEGIN IMMEDIATE")
+                return action(db)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -347,17 +380,99 @@ class SqliteStore(SqlStore):
                 deadline = deadline if deadline is not None else now + self._busy_timeout_s
                 if now >= deadline:
                     raise
-                await asyncio.sleep(_BUSY_RETRY_S[min(tries, len(_BUSY_RETRY_S) - 1)])
-                tries += 1
-                continue
-            try:
-                result = action(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: _busy_delays never ends")
+
+    async def _write(
+        self,
+        action: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        at_once: bool = False,
+    ) -> T:
+        """Run ``action`` in a write transaction and return its result once committed.
+
+        Writes share transactions (group commit): a commit writes the changed pages to the WAL, and one
+        transaction per insert cost 60 us against 21 us per insert for eight together (measured on the
+        predictions table). A write waits for the end of the event loop's iteration, gathering the others
+        asked for meanwhile, unless ``at_once``: then it commits now, with every write waiting. ``on_commit``
+        runs right after the COMMIT, before any other coroutine, so that what is remembered never lags what
+        is stored.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._pending and not at_once:
+            loop.call_soon(self._commit_pending)
+        self._pending.append(_Write(action, on_commit, future))
+        if at_once:
+            self._commit_pending()
+        return await future  # already done unless another connection holds the write lock
+
+    def _commit_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        waiting = self._commit_batch(_live(batch))
+        if waiting:
+            task = asyncio.ensure_future(self._commit_when_free(waiting))
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
+
+    def _commit_batch(self, batch: list[_Write[Any]]) -> list[_Write[Any]]:
+        """Commit ``batch``; returns the writes still waiting for another connection's write lock."""
+        if not batch:
+            return []
+        outcome = self._transaction(batch)
+        if outcome is _Outcome.BUSY:
+            return batch
+        if outcome is _Outcome.SPLIT:
+            # One write failed (a refused reservation, a taken idempotency key): each runs alone, so that
+            # only that one fails.
+            return [w for w in batch if self._transaction([w]) is _Outcome.BUSY]
+        return []
+
+    def _transaction(self, batch: list[_Write[Any]]) -> _Outcome:
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return _Outcome.BUSY
+            _fail(batch, exc)
+            return _Outcome.DONE
+        try:
+            results = [w.action(db) for w in batch]
             db.execute("COMMIT")
-            self._maybe_checkpoint()
-            return result
+        except Exception as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if len(batch) > 1:
+                return _Outcome.SPLIT
+            _fail(batch, exc)
+            return _Outcome.DONE
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            _fail(batch, RuntimeError("the write was interrupted"))
+            raise
+        self._maybe_checkpoint()
+        for write, result in zip(batch, results, strict=True):
+            if write.on_commit is not None:
+                write.on_commit(result)
+            if not write.future.done():
+                write.future.set_result(result)
+        return _Outcome.DONE
+
+    async def _commit_when_free(self, batch: list[_Write[Any]]) -> None:
+        """Another connection holds the write lock (``predictd keys revoke``, SQLAlchemy's own): try again
+        without blocking the event loop, up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        for delay in _busy_delays():
+            await asyncio.sleep(delay)
+            batch = self._commit_batch(_live(batch))
+            if not batch:
+                return
+            if time.monotonic() >= deadline:
+                _fail(batch, sqlite3.OperationalError("database is locked"))
+                return
 
     def _maybe_checkpoint(self) -> None:
         self._writes_since_checkpoint += 1
@@ -468,12 +583,14 @@ class SqliteStore(SqlStore):
                     raise IdempotencyKeyTaken(idempotency.key) from None
             db.execute(_INSERT_PREDICTION, row)
 
+        def remember(_: None) -> None:
+            # As a read would return it, built from the stored values (not the caller's object): the worker's
+            # claim reads it next.
+            self._predictions.put(prediction.id, _prediction(row))
+
         row = _prediction_values(prediction)
         self._predictions.drop(prediction.id)
-        await self._write(insert)
-        # Remembered as a read would return it, built from the stored values (not the caller's object): the
-        # worker's claim reads it next.
-        self._predictions.put(prediction.id, _prediction(row))
+        await self._write(insert, remember)
 
     async def get_prediction(self, prediction_id: str, account_id: str | None = None) -> Prediction | None:
         self._recent_valid(self.db)
@@ -538,11 +655,14 @@ class SqliteStore(SqlStore):
                 moved.append(prediction)
             return moved
 
-        moved = await self._write(apply)
-        for prediction in moved:
-            if prediction is not None:
-                self._predictions.put(prediction.id, prediction)
-        return moved
+        def remember(moved: list[Prediction | None]) -> None:
+            for prediction in moved:
+                if prediction is not None:
+                    self._predictions.put(prediction.id, prediction)
+
+        # At once: a state change moves a prediction on (a worker slot waits on it to record the outcome and
+        # hand its worker the next ones), and it takes the waiting inserts with it.
+        return await self._write(apply, remember, at_once=True)
 
     # -- idempotency ---------------------------------------------------------------------------------------
 
