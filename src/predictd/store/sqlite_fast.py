@@ -356,16 +356,20 @@ class SqliteStore(SqlStore):
         """
         if self._version_checked:
             return
-        version = db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self._keys.rows.clear()
-            self._predictions.rows.clear()
-            self._data_version = version
+        self._forget_if_changed(db)
         self._version_checked = True
         asyncio.get_running_loop().call_soon(self._version_check_due)
 
     def _version_check_due(self) -> None:
         self._version_checked = False
+
+    def _forget_if_changed(self, db: sqlite3.Connection) -> None:
+        """Drop every remembered row if another connection has committed since the last check."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._keys.rows.clear()
+            self._predictions.rows.clear()
+            self._data_version = version
 
     async def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         db = self.db
@@ -439,6 +443,9 @@ class SqliteStore(SqlStore):
             _fail(batch, exc)
             return _Outcome.DONE
         try:
+            # The write lock is held from here on: what is remembered now stays current until COMMIT, apart
+            # from what this transaction changes (each write drops the rows it touches).
+            self._forget_if_changed(db)
             results = [w.action(db) for w in batch]
             db.execute("COMMIT")
         except Exception as exc:
@@ -621,8 +628,9 @@ class SqliteStore(SqlStore):
             self._transition_sql[key] = sql
         return sql
 
-    def _bound_move(self, move: Move) -> tuple[str, tuple[Any, ...]]:
-        """The guarded UPDATE of ``move`` and its parameters."""
+    def _bound_move(self, move: Move) -> _BoundMove:
+        """The guarded UPDATE of ``move``, its parameters, and the row's new values as a read returns them
+        (None when one of them cannot be known without reading it)."""
         changes = dict(move.changes)
         unknown = set(changes) - _SETTABLE
         if unknown:
@@ -631,21 +639,31 @@ class SqliteStore(SqlStore):
             changes.pop("attempts", None)  # as in SqlStore: the increment wins
         columns = tuple(sorted(changes))
         sql = self._transition_statement(move.target, move.count_attempt, columns)
-        return sql, (move.target.value, *(_bind(c, changes[c]) for c in columns), move.prediction_id)
+        bound = {c: _bind(c, changes[c]) for c in columns}
+        params = (move.target.value, *bound.values(), move.prediction_id)
+        return _BoundMove(move, sql, params, _as_read(bound))
 
     async def transitions(
         self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
     ) -> list[Prediction | None]:
-        statements = [(move.prediction_id, *self._bound_move(move)) for move in moves]
+        statements = [self._bound_move(move) for move in moves]
 
         def apply(db: sqlite3.Connection) -> list[Prediction | None]:
             moved: list[Prediction | None] = []
-            for prediction_id, sql, params in statements:
-                self._predictions.drop(prediction_id)  # whatever happens next, the row is read anew
-                if db.execute(sql, params).rowcount == 0:
+            for bound in statements:
+                prediction_id = bound.move.prediction_id
+                before = self._predictions.get(prediction_id)
+                self._predictions.drop(prediction_id)  # a later write in this transaction reads it anew
+                if db.execute(bound.sql, bound.params).rowcount == 0:
                     moved.append(None)
                     continue
-                prediction = _prediction(db.execute(_GET_PREDICTION, (prediction_id,)).fetchone())
+                if before is not None and bound.read_as is not None:
+                    # The row as it was, still current (see _transaction), with what the UPDATE set: the
+                    # same values a SELECT would return, without the SELECT (10 us, and 4 % of the process
+                    # under load).
+                    prediction = _after(before, bound)
+                else:
+                    prediction = _prediction(db.execute(_GET_PREDICTION, (prediction_id,)).fetchone())
                 if prediction.terminal:
                     _settle(db, prediction)
                 if deliveries is not None:
@@ -674,6 +692,58 @@ class SqliteStore(SqlStore):
 
 
 _SETTABLE = frozenset(PREDICTION_COLUMNS) - {"id", "status", "version"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _BoundMove:
+    move: Move
+    sql: str
+    params: tuple[Any, ...]
+    read_as: dict[str, Any] | None  # the set columns as a read returns them; None: read the row
+
+
+def _as_read(bound: dict[str, Any]) -> dict[str, Any] | None:
+    """What a read returns for each column bound as ``bound``, where its storage class is certain; None if
+    it is not for one of them (then the row is read back)."""
+    read: dict[str, Any] = {}
+    for column, value in bound.items():
+        if column in _JSON_COLUMNS:
+            # Bound as text that cannot look like a number, or a bare number as bytes (sqlite_json): stored
+            # as it is.
+            read[column] = _loads(value) if column != "extra" else (_loads(value) or {})
+        elif column in _TIME_COLUMNS:
+            read[column] = _parse_time(value)
+        elif column in _BOOL_COLUMNS:
+            read[column] = bool(value)
+        elif column in _REAL_COLUMNS and (value is None or type(value) is int or _is_number(value)):
+            read[column] = None if value is None else float(value)  # REAL affinity turns an int into a float
+        elif (column in _TEXT_COLUMNS and type(value) in (str, type(None))) or (
+            column == "attempts" and type(value) is int
+        ):
+            read[column] = value
+        else:
+            return None
+    return read
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is float and value == value  # SQLite stores a NaN as NULL
+
+
+_REAL_COLUMNS = frozenset({"predict_time", "cost"})
+_TEXT_COLUMNS = frozenset({"account_id", "model", "error_name", "error_message", "source"})
+
+
+def _after(before: Prediction, bound: _BoundMove) -> Prediction:
+    move = bound.move
+    assert bound.read_as is not None
+    return dataclasses.replace(
+        before,
+        status=move.target,
+        version=before.version + 1,
+        attempts=before.attempts + 1 if move.count_attempt else before.attempts,
+        **bound.read_as,
+    )
 
 
 def _credits(db: sqlite3.Connection, account_id: str) -> Credits:
