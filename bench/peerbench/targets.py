@@ -42,8 +42,11 @@ REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed before
 ROUNDTRIP_TIMEOUT_S = 60.0
 NOOP_BODY = {"model": "echo", "input": {"text": "x"}}
 PREDICTD_POLL = "/v1/predictions/{id}"
-# The settings predictd's own `serve` gives uvicorn (src/predictd/cli.py), for the reference ASGI servers.
+# The settings predictd's own `serve` gives uvicorn (src/predictd/cli.py), for the reference ASGI servers:
+# the floor, in predictd's venv, runs predictd's own HTTP protocol too (a response's head and body in one
+# write); the FastAPI + Celery stack, in a venv of its own, runs uvicorn's httptools protocol it is built on.
 UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
+FLOOR_HTTP = "predictd.api.http_protocol:CoalescingHttpToolsProtocol"
 
 
 @dataclass
@@ -237,7 +240,8 @@ def floor(tmp: Path, name: str, label: str) -> Server:
     port = free_port()
     log = folder / "server.log"
     argv = [sys.executable, "-m", "uvicorn", "floor_app:app", "--host", HOST, "--port", str(port)]
-    proc = start_process([*argv, *UVICORN_FLAGS, "--lifespan", "on"], _base_env(), log, cwd=folder)
+    flags = [FLOOR_HTTP if flag == "httptools" else flag for flag in UVICORN_FLAGS]
+    proc = start_process([*argv, *flags, "--lifespan", "on"], _base_env(), log, cwd=folder)
     server = Server(name, label, port, [proc], [log], predict_path="", poll_path="")
     try:
         wait_http(proc, f"http://{HOST}:{port}/", log)

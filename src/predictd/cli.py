@@ -147,6 +147,7 @@ def serve(
     import uvicorn
 
     from .api.app import create_app
+    from .api.http_protocol import CoalescingHttpToolsProtocol
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
@@ -167,7 +168,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level=settings.log_level.lower(),

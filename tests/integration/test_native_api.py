@@ -4,7 +4,10 @@ cause, the prediction lifecycle, cancel, delete, list, models, and failed predic
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import sqlite3
+import struct
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -278,6 +281,47 @@ def test_prediction_not_found_also_for_another_accounts_prediction(
 
 def _status_reads(client: httpx.Client, prediction_id: str) -> tuple[httpx.Response, httpx.Response]:
     return client.get(f"/v1/predictions/{prediction_id}"), client.get(f"/v1/status/{prediction_id}")
+
+
+def _segments_received(sock: socket.socket) -> int:
+    # Linux's struct tcp_info: tcpi_segs_in is the u32 at byte 140.
+    return int(struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0])
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    fields = (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    length = next(int(value) for name, _, value in fields if name.lower() == b"content-length")
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_each_response_reaches_the_client_in_one_tcp_segment(server: Server) -> None:
+    """A response's head and body are written together: one segment for the client to receive per response,
+    not two, on a status read answered from memory and on a routed request alike."""
+    key = server.key()
+    with server.client(key) as client:
+        done = submit(client, "echo", {"text": "one write"}, wait=True)
+    paths = [f"/v1/predictions/{done['id']}", "/v1/models"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for path in paths:  # the first of each is routed; the status reads after it come from memory
+            sock.sendall(f"GET {path} HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\n\r\n".encode())
+            _read_response(sock)
+        time.sleep(0.05)
+        for path in paths:
+            before = _segments_received(sock)
+            for _ in range(20):
+                sock.sendall(f"GET {path} HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\n\r\n".encode())
+                head, body = _read_response(sock)
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                assert json.loads(body)
+            time.sleep(0.05)
+            per_response = (_segments_received(sock) - before) / 20
+            assert per_response < 1.3, f"{path}: {per_response} segments per response"
 
 
 def test_a_status_read_from_memory_answers_what_the_route_answers(server: Server) -> None:
