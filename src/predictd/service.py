@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from jsonschema import Draft202012Validator
 
 from . import keys
 from .background import Background
+from .bounded import put_bounded
 from .domain import (
     NATIVE_STATUS,
     Account,
@@ -217,11 +217,7 @@ class Service:
         key or a suspended account is never served from here; a store that reads every time keeps nothing.
         Only a plan read with the key (or the deployment's own) counts: another plan row has no such guard.
         """
-        principals = self._principals
-        if len(principals) >= MAX_REMEMBERED_PRINCIPALS and key_hash not in principals:
-            for old in list(itertools.islice(principals, MAX_REMEMBERED_PRINCIPALS // 2)):
-                del principals[old]
-        principals[key_hash] = (found, principal)
+        put_bounded(self._principals, key_hash, (found, principal), MAX_REMEMBERED_PRINCIPALS)
 
     async def plan_of(self, account: Account) -> Plan:
         name = account.plan or self.policy.default_plan_name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from ..bounded import put_bounded
 from ..domain import Prediction
 from ..errors import ApiError
 
@@ -54,11 +54,7 @@ class RenderedBodies:
         if found is not None and found[0] is prediction and found[1] == base_url:
             return found[2]
         body = orjson.dumps(self._render(prediction, base_url), option=orjson.OPT_NON_STR_KEYS)
-        bodies = self._bodies
-        if len(bodies) >= self._limit and prediction.id not in bodies:
-            for old in list(itertools.islice(bodies, self._limit // 2)):
-                del bodies[old]
-        bodies[prediction.id] = (prediction, base_url, body)
+        put_bounded(self._bodies, prediction.id, (prediction, base_url, body), self._limit)
         return body
 
 

@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from ..bounded import put_bounded
 from ..domain import (
     Account,
     AccountStatus,
@@ -293,11 +294,7 @@ class _Recent(Generic[T]):
         return self.rows.get(key)
 
     def put(self, key: str, row: T) -> None:
-        rows = self.rows
-        if len(rows) >= RECENT_MAX_ROWS and key not in rows:
-            for old in list(itertools.islice(rows, RECENT_MAX_ROWS // 2)):
-                del rows[old]
-        rows[key] = row
+        put_bounded(self.rows, key, row, RECENT_MAX_ROWS)
 
     def drop(self, key: str) -> None:
         self.rows.pop(key, None)
