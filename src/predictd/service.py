@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import structlog
-from jsonschema import Draft202012Validator
 
 from . import keys
 from .background import Background
@@ -55,11 +54,11 @@ from .ports import (
 )
 from .runtime.executor import failure_changes
 from .runtime.process import unavailable_failure
-from .runtime.types import MEDIA_KEY, MODERATE_KEY, MODERATION_LEVEL, fields_marked
+from .runtime.types import MODERATION_LEVEL
 from .safety import ModerationLevel, ModerationUnavailable
 from .safety.security import SecurityScreen
 from .safety.text import TextModerator
-from .validation import compile_schema, validate_input
+from .validation import InputRules, validate_input
 from .webhooks import WebhookTarget
 
 log = structlog.get_logger("predictd.service")
@@ -143,7 +142,7 @@ class Service:
         self.limits: Limits = limits or MemoryLimits()
         self._background = Background()
         self.text_moderator = text_moderator
-        self._validators: dict[str, tuple[dict[str, Any], Draft202012Validator]] = {}
+        self._rules: dict[str, InputRules] = {}  # per model slug
         self._principals: dict[str, tuple[tuple[ApiKey, Account], Principal]] = {}
         notifier.add_listener(self._release_when_done)
 
@@ -270,14 +269,13 @@ class Service:
             raise ApiError(ErrorId.MODEL_NOT_FOUND, f"The model with slug {slug!r} does not exist.")
         return info
 
-    def _validator(self, info: ModelInfo) -> Draft202012Validator | None:
+    def _input_rules(self, info: ModelInfo) -> InputRules | None:
         if info.input_schema is None:
             return None
-        cached = self._validators.get(info.slug)
-        if cached is None or cached[0] is not info.input_schema:
-            cached = (info.input_schema, compile_schema(info.input_schema))
-            self._validators[info.slug] = cached
-        return cached[1]
+        rules = self._rules.get(info.slug)
+        if rules is None or rules.schema is not info.input_schema:  # a worker's restart may replace it
+            rules = self._rules[info.slug] = InputRules.of(info.input_schema)
+        return rules
 
     # -- predictions ---------------------------------------------------------------------------------------
 
@@ -293,17 +291,17 @@ class Service:
                 return Submission(replay, replayed=True)
         info = self.model(request.model)
         self._check_entitlement(principal, info, request)
-        validator = self._validator(info)
-        if not info.available or validator is None:
+        rules = self._input_rules(info)
+        if not info.available or rules is None:
             raise ApiError(
                 ErrorId.MODEL_UNAVAILABLE,
                 f"Model {info.slug!r} is unavailable: {info.status_detail or 'no worker can run it'}.",
                 retry_after=5,
             )
-        validate_input(validator, request.input)
-        self._check_inline_media(info, request.input)
+        validate_input(rules, request.input)
+        self._check_inline_media(rules, request.input)
         await self._screen_security(principal, request.input)
-        self._moderate_text(info, request.input)
+        self._moderate_text(rules, request.input)
         prediction = Prediction(
             id=new_id(),
             account_id=principal.account.id,
@@ -452,10 +450,9 @@ class Service:
             "Repeated violations suspend the account.",
         )
 
-    def _check_inline_media(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
-        assert info.input_schema is not None
+    def _check_inline_media(self, rules: InputRules, inputs: dict[str, Any]) -> None:
         total = 0
-        for name in fields_marked(info.input_schema, MEDIA_KEY, "image"):
+        for name in rules.image_fields:
             value = inputs.get(name)
             for item in value if isinstance(value, list) else [value]:
                 if isinstance(item, str):
@@ -467,9 +464,8 @@ class Service:
                 f"{self.policy.max_inline_media_bytes} byte limit; send URLs instead.",
             )
 
-    def _moderate_text(self, info: ModelInfo, inputs: dict[str, Any]) -> None:
-        assert info.input_schema is not None
-        fields = fields_marked(info.input_schema, MODERATE_KEY, "text")
+    def _moderate_text(self, rules: InputRules, inputs: dict[str, Any]) -> None:
+        fields = rules.moderated_fields
         if not fields or self.text_moderator is None:
             return
         level = ModerationLevel(inputs.get(MODERATION_LEVEL, ModerationLevel.CONSERVATIVE))
