@@ -9,7 +9,7 @@ from pydantic import Field
 
 from predictd.errors import ApiError, ErrorId
 from predictd.runtime.predictor import BasePredictor, input_schema, output_schema
-from predictd.validation import compile_schema, validate_input
+from predictd.validation import InputRules, validate_input
 
 
 class Resize(BasePredictor):
@@ -45,16 +45,16 @@ def test_schema_from_type_hints() -> None:
 )
 def test_validation_messages_name_the_field(value: dict[str, object], fragments: list[str]) -> None:
     with pytest.raises(ApiError) as caught:
-        validate_input(compile_schema(input_schema(Resize)), value)
+        validate_input(InputRules.of(input_schema(Resize)), value)
     assert caught.value.error_id is ErrorId.INVALID_INPUT
     for fragment in fragments:
         assert fragment in caught.value.message
 
 
 def test_valid_input_passes() -> None:
-    validate_input(compile_schema(input_schema(Resize)), {"prompt": "a cat", "width": 1024, "seed": None})
+    validate_input(InputRules.of(input_schema(Resize)), {"prompt": "a cat", "width": 1024, "seed": None})
 
 
 def test_input_must_be_an_object() -> None:
     with pytest.raises(ApiError, match="JSON object"):
-        validate_input(compile_schema(input_schema(Resize)), ["a"])
+        validate_input(InputRules.of(input_schema(Resize)), ["a"])
