@@ -4,6 +4,7 @@ tenant isolation and listing."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -464,8 +465,6 @@ async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_pa
             other.execute("UPDATE accounts SET status = 'suspended' WHERE id = ?", (alice.id,))
             other.close()
 
-        # Word of another process's change reaches a server through I/O, so after an await: the store checks
-        # for other connections' commits once per event-loop iteration.
         await asyncio.to_thread(another_process)
     else:
         async with store.engine.begin() as conn:
@@ -485,6 +484,53 @@ async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_pa
     after = await store.get_prediction(p.id, alice.id)
     assert after is not None
     assert (after.input, after.data_removed) == (None, True)
+
+
+async def test_a_read_from_memory_sees_another_connections_commit_at_once(tmp_path: Path) -> None:
+    """Another connection's commit is seen by the very next read, with no await between them, however the
+    WAL moves meanwhile: the store's own commits, checkpoints that empty the WAL so that it starts over, and
+    commits by another connection, in a random order."""
+    path = tmp_path / "store.sqlite3"
+    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        alice = await store.create_account("alice")
+        await store.create_key(alice.id, "a" * 64, "pd_alice", "ci")
+        watched = queued(alice.id)
+        await store.insert_prediction(watched)
+        message, account_status = None, "active"
+        served_from_memory = 0
+        rng = random.Random(7)
+        for step in range(400):
+            action = rng.choice(("message", "account", "own write", "checkpoint", "nothing"))
+            if action == "message":
+                message = f"changed at step {step}"
+                other.execute(
+                    "UPDATE predictions SET error_message = ?, version = version + 1 WHERE id = ?",
+                    (message, watched.id),
+                )
+            elif action == "account":
+                account_status = "suspended" if account_status == "active" else "active"
+                other.execute("UPDATE accounts SET status = ? WHERE id = ?", (account_status, alice.id))
+            elif action == "own write":
+                await store.insert_prediction(queued(alice.id))
+            elif action == "checkpoint":
+                other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            remembered = store.remembered_prediction(watched.id, alice.id)
+            assert remembered is None or remembered.error_message == message, f"step {step}: {action}"
+            served_from_memory += remembered is not None
+            read = await store.get_prediction(watched.id, alice.id)
+            assert read is not None
+            assert read.error_message == message, f"step {step}: {action}"
+            key = store.remembered_key("a" * 64)
+            assert key is None or key[1].status.value == account_status, f"step {step}: {action}"
+            found = await store.find_key("a" * 64)
+            assert found is not None
+            assert found[1].status.value == account_status, f"step {step}: {action}"
+        assert served_from_memory > 100, "reads after a step that changed nothing come from memory"
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
@@ -582,7 +628,6 @@ async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path:
 
         async def moved_as_read(*moves: Move) -> list[Prediction | None]:
             results = await store.transitions(list(moves))
-            await asyncio.sleep(0)  # the reader checks for other connections' commits once per loop turn
             for result in results:
                 assert result is not None
                 fresh = await reader.get_prediction(result.id)

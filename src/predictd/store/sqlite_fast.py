@@ -9,8 +9,8 @@ webhook outbox in the same transaction); everything else (administration, listin
 SQLAlchemy.
 
 Reads of keys and predictions are served from memory while they are provably current (see ``_Recent``):
-the hottest request, a status read, then costs no SQL but at most one ``PRAGMA data_version`` per event-loop
-iteration.
+the hottest request, a status read, then costs no SQL, only a look at the WAL-index header (see
+``_CommitWatch``), and a ``PRAGMA data_version`` when that header has moved.
 
 Writes share commits (see ``_write``): the inserts asked for in one event-loop iteration are committed
 together at its end, and a state change commits at once, taking the waiting inserts with it. A caller is
@@ -32,6 +32,7 @@ import dataclasses
 import enum
 import functools
 import itertools
+import mmap
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -302,6 +303,56 @@ class _Recent(Generic[T]):
         self.rows.pop(key, None)
 
 
+# The WAL-index header: two copies of 48 bytes at the start of the database's ``-shm`` file
+# (https://www.sqlite.org/walformat.html#the_wal_index_header).
+_WAL_INDEX_HEADER_BYTES = 96
+
+
+class _CommitWatch:
+    """Tells that no connection can have committed since SQLite was last asked, without asking it: a look at
+    the WAL-index header (0.13 us) instead of a ``PRAGMA data_version`` statement (3.9 us, the largest part
+    of a status read's own cost).
+
+    Every commit in WAL mode, by any connection in any process, rewrites that header (its frame count and
+    checksum move), the second copy first. So a header read whole, with both copies equal to the one read
+    just before SQLite was last asked, means nothing has been committed since; a commit finishing while it
+    is read leaves the copies unequal. Anything else ("moved", or no header to read) sends the caller to
+    SQLite. Our own commits move the header too: the next look then asks SQLite once.
+
+    The file stays mapped only while the store's connection is open: that connection keeps SQLite from
+    truncating the file (only the last connection to close may)."""
+
+    __slots__ = ("_looked", "_map", "_seen")
+
+    def __init__(self, db_path: str) -> None:
+        self._seen: bytes | None = None
+        self._looked: bytes | None = None
+        self._map: mmap.mmap | None = None
+        try:
+            with open(f"{db_path}-shm", "rb") as shm:
+                self._map = mmap.mmap(shm.fileno(), _WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            pass  # not in WAL mode, or no shared-memory file: every look says "moved"
+
+    def quiet(self) -> bool:
+        """True when nothing has been committed since ``asked`` was last called."""
+        if self._map is None:
+            return False
+        self._looked = header = self._map[:_WAL_INDEX_HEADER_BYTES]
+        return header == self._seen
+
+    def asked(self) -> None:
+        """SQLite was just asked, after a ``quiet`` that said False: compare with that look from now on."""
+        looked = self._looked
+        half = _WAL_INDEX_HEADER_BYTES // 2
+        self._seen = looked if looked is not None and looked[:half] == looked[half:] else None
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
 class SqliteStore(SqlStore):
     """``SqlStore`` on a SQLite file, with the per-prediction statements on a local connection."""
 
@@ -316,7 +367,7 @@ class SqliteStore(SqlStore):
         self._keys: _Recent[tuple[ApiKey, Account]] = _Recent()
         self._predictions: _Recent[Prediction] = _Recent()
         self._data_version: int | None = None
-        self._version_checked = False
+        self._commits: _CommitWatch | None = None  # mapped after the connection's first look at the WAL
         self._pending: list[_Write[Any]] = []  # writes for the transaction at the end of this iteration
         self._waiting: set[asyncio.Task[None]] = set()  # batches waiting for another connection's lock
 
@@ -340,35 +391,29 @@ class SqliteStore(SqlStore):
             self._commit_pending()
         if self._waiting:
             await asyncio.gather(*self._waiting, return_exceptions=True)
+        if self._commits is not None:
+            self._commits.close()
+            self._commits = None
         if self._db is not None:
             self._db.close()
             self._db = None
         await super().close()
 
     def _recent_valid(self, db: sqlite3.Connection) -> None:
-        """Drop every remembered row if another connection has committed since the last check.
-
-        Checked once per event-loop iteration, not once per read (the check is a statement: ~6 us, twice in
-        every status read). That is as current as checking on every read: a request arriving after another
-        connection's commit is read from its socket in a later iteration than any check it could share, and
-        a commit on SQLAlchemy's connections resumes its caller in a later iteration too.
-        """
-        if self._version_checked:
-            return
-        self._forget_if_changed(db)
-        self._version_checked = True
-        asyncio.get_running_loop().call_soon(self._version_check_due)
-
-    def _version_check_due(self) -> None:
-        self._version_checked = False
-
-    def _forget_if_changed(self, db: sqlite3.Connection) -> None:
         """Drop every remembered row if another connection has committed since the last check."""
+        commits = self._commits
+        if commits is not None and commits.quiet():
+            return
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             self._keys.rows.clear()
             self._predictions.rows.clear()
             self._data_version = version
+        if commits is None:
+            # Mapped only now: the statement above has opened the connection's shared memory (in WAL mode).
+            self._commits = _CommitWatch(self._path)
+        else:
+            commits.asked()
 
     async def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         db = self.db
@@ -444,7 +489,7 @@ class SqliteStore(SqlStore):
         try:
             # The write lock is held from here on: what is remembered now stays current until COMMIT, apart
             # from what this transaction changes (each write drops the rows it touches).
-            self._forget_if_changed(db)
+            self._recent_valid(db)
             results = [w.action(db) for w in batch]
             db.execute("COMMIT")
         except Exception as exc:
