@@ -253,8 +253,14 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _busy_delays() -> Iterator[float]:
-    return itertools.chain(_BUSY_RETRY_S, itertools.repeat(_BUSY_RETRY_S[-1]))
+def _busy_waits(timeout_s: float) -> Iterator[float]:
+    """The pauses between tries while another connection holds the lock: short at first, and none once
+    ``timeout_s`` has passed since the first was asked for."""
+    deadline = time.monotonic() + timeout_s
+    for delay in itertools.chain(_BUSY_RETRY_S, itertools.repeat(_BUSY_RETRY_S[-1])):
+        if time.monotonic() >= deadline:
+            return
+        yield delay
 
 
 class _Outcome(enum.Enum):
@@ -417,19 +423,18 @@ class SqliteStore(SqlStore):
 
     async def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         db = self.db
-        deadline: float | None = None
-        for delay in _busy_delays():
+        waits: Iterator[float] | None = None
+        while True:
             try:
                 return action(db)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                now = time.monotonic()
-                deadline = deadline if deadline is not None else now + self._busy_timeout_s
-                if now >= deadline:
+                waits = waits or _busy_waits(self._busy_timeout_s)
+                delay = next(waits, None)
+                if delay is None:
                     raise
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable: _busy_delays never ends")
 
     async def _write(
         self,
@@ -515,15 +520,12 @@ class SqliteStore(SqlStore):
     async def _commit_when_free(self, batch: list[_Write[Any]]) -> None:
         """Another connection holds the write lock (``predictd keys revoke``, SQLAlchemy's own): try again
         without blocking the event loop, up to the busy timeout."""
-        deadline = time.monotonic() + self._busy_timeout_s
-        for delay in _busy_delays():
+        for delay in _busy_waits(self._busy_timeout_s):
             await asyncio.sleep(delay)
             batch = self._commit_batch(_live(batch))
             if not batch:
                 return
-            if time.monotonic() >= deadline:
-                _fail(batch, sqlite3.OperationalError("database is locked"))
-                return
+        _fail(batch, sqlite3.OperationalError("database is locked"))
 
     def _maybe_checkpoint(self) -> None:
         self._writes_since_checkpoint += 1
