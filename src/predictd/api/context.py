@@ -67,7 +67,7 @@ Authenticator = Callable[[Request], Awaitable[Any]]
 # The caller's principal when it is known without I/O (see auth.principal_now); None: not known so.
 PrincipalNow = Callable[[Scope], Any]
 # A route's answer when it needs no I/O: (path params, scope, principal) -> a Response, or None when the
-# route must run (see native.get_prediction_now).
+# route must run (see state.status_answer_now).
 AnswerNow = Callable[[dict[str, str], Scope, Any], Response | None]
 
 

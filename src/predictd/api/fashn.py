@@ -21,7 +21,7 @@ from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
 from .responses import JSONResponse, base_url, base_url_of, retry_headers
-from .state import request_id_of, service_in, service_of
+from .state import request_id_of, service_of, status_answer_now
 
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
 
@@ -186,12 +186,6 @@ async def status(
     return _status_response(prediction, request.scope)
 
 
-def status_now(params: dict[str, str], scope: Scope, principal: Principal) -> JSONResponse | None:
-    """``status``'s answer when the prediction is in memory (see context.FastRoutes)."""
-    prediction = service_in(scope).prediction_now(principal, params["prediction_id"])
-    return None if prediction is None else _status_response(prediction, scope)
-
-
 def _status_response(prediction: Prediction, scope: Scope) -> JSONResponse:
     return JSONResponse(status_body(prediction, base_url(scope)), headers=_credit_headers(prediction))
 
@@ -210,4 +204,4 @@ async def cancel(
 
 # Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
 FAST_ENDPOINTS = (run, status)
-ANSWERS_NOW = {status: status_now}
+ANSWERS_NOW = {status: status_answer_now(_status_response)}

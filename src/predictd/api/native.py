@@ -26,7 +26,7 @@ from . import parsing
 from .auth import authenticated, caller_region
 from .outputs import public_output
 from .responses import JSONResponse, RenderedBodies, RenderedJSON, base_url, base_url_of, retry_headers
-from .state import deployment_of, request_id_of, service_in, service_of
+from .state import deployment_of, request_id_of, service_of, status_answer_now
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
 
@@ -391,12 +391,6 @@ async def get_prediction(
     return _status_response(prediction, request.scope)
 
 
-def get_prediction_now(params: dict[str, str], scope: Scope, principal: Principal) -> RenderedJSON | None:
-    """``get_prediction``'s answer when the prediction is in memory (see context.FastRoutes)."""
-    prediction = service_in(scope).prediction_now(principal, params["prediction_id"])
-    return None if prediction is None else _status_response(prediction, scope)
-
-
 def _status_response(prediction: Prediction, scope: Scope) -> RenderedJSON:
     return RenderedJSON(_STATUS_BODIES.json(prediction, base_url(scope)))
 
@@ -616,4 +610,4 @@ async def stream_prediction(
 
 # Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
 FAST_ENDPOINTS = (create_prediction, predict, get_prediction)
-ANSWERS_NOW = {get_prediction: get_prediction_now}
+ANSWERS_NOW = {get_prediction: status_answer_now(_status_response)}
