@@ -187,7 +187,7 @@ class Server:
     workdir: Path
     config: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one, chosen here (and chosen again if another process takes it first)
     proc: subprocess.Popen[bytes] | None = None
     backend: str = "embedded"
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -197,8 +197,12 @@ class Server:
     with_worker: bool = True  # scaled: start a `predictd worker` with the API process
     companions: list[Server] = field(default_factory=list)  # more API processes, destroyed with this one
     owns_prefix: bool = True  # a companion shares its deployment's Redis keys: the deployment drops them
+    port_chosen_here: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        self.port_chosen_here = self.port == 0
+        if self.port_chosen_here:
+            self.port = free_port()
         if self.scaled:
             if "PREDICTD_DATABASE_URL" not in self.env:
                 self.owned_database = create_pg_database()
@@ -262,6 +266,23 @@ class Server:
             )
 
     def start(self, timeout: float = 60.0) -> Server:
+        """Start the deployment and wait until it answers. A port chosen here can be taken by another
+        process (another test's client or server) before the server binds it: it then starts again on
+        another one. A port the test gave (a restart on a killed server's port) is kept."""
+        for _ in range(3):
+            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                taken = b"address already in use" in self.log_path.read_bytes()[log_size:]
+                if not (taken and self.port_chosen_here):
+                    raise
+            self.stop()
+            self.workers, self.metrics_ports = [], []
+            self.port = free_port()
+        raise RuntimeError(f"predictd found every port it was given taken:\n{self.log()}")
+
+    def _start(self, timeout: float) -> Server:
         self.proc = self._spawn(["serve"], self.log_path)
         if self.scaled and self.with_worker:
             self.start_worker()
