@@ -348,15 +348,19 @@ def test_deleting_a_prediction_deletes_its_output_file(client: httpx.Client, ori
 
 
 def test_output_urls_expire(make_server: Any, origin: Origin) -> None:
+    # Long enough for the prediction to end and be read on a busy machine (1 s once was not, scaled out).
+    ttl_s = 4.0
     config = (
-        f'outputs_ttl_s = 1\n[[models]]\nslug = "thumbnail"\nref = "{FIXTURE_MODELS}:Thumbnail"\n'
+        f'outputs_ttl_s = {ttl_s}\n[[models]]\nslug = "thumbnail"\nref = "{FIXTURE_MODELS}:Thumbnail"\n'
         '[media]\nallowed_networks = ["127.0.0.1/32"]\n'
     )
     short = make_server(config)
     with httpx.Client(base_url=short.base_url, headers={"x-api-key": short.key()}) as c:
+        submitted = time.monotonic()
         (url,) = settle(c, run(c, "thumbnail", {"image": origin.url("/photo.png")})).json()["output"]
+        assert time.monotonic() - submitted < ttl_s, "the prediction took longer than its output lives"
         assert httpx.get(url).status_code == 200
-        time.sleep(1.5)
+        time.sleep(ttl_s + 0.5)  # the output was stored before the prediction was read as ended
         assert httpx.get(url).status_code == 404
 
 
