@@ -38,6 +38,7 @@ from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
 from predictd.store.sql import make_engine
+from predictd.store.sqlite_fast import _CommitWatch
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -531,6 +532,19 @@ async def test_a_read_from_memory_sees_another_connections_commit_at_once(tmp_pa
     finally:
         other.close()
         await store.close()
+
+
+def test_without_a_wal_index_to_look_at_every_check_asks_sqlite(tmp_path: Path) -> None:
+    """No ``-shm`` file, or an empty one (not in WAL mode, or not yet written): the watch never says that
+    nothing was committed, so the store asks ``PRAGMA data_version`` on every check."""
+    missing = _CommitWatch(str(tmp_path / "none.sqlite3"))
+    (tmp_path / "empty.sqlite3-shm").write_bytes(b"")
+    empty = _CommitWatch(str(tmp_path / "empty.sqlite3"))
+    for watch in (missing, empty):
+        for _ in range(3):
+            assert not watch.quiet()
+            watch.asked()
+        watch.close()
 
 
 async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
