@@ -1,4 +1,5 @@
-"""Reaching the running deployment from a request."""
+"""Reaching the running deployment from a request, and answering a status read from what it holds in
+memory."""
 
 from __future__ import annotations
 
