@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noop_e2e import clean_env, free_port, mint_key, start_server, stop_server, tail
 
-from predictd.config import BUILTIN_MODELS
+from predictd.config.settings import BUILTIN_MODELS
 
 HOST = "127.0.0.1"
 HEALTH_TIMEOUT_S = 300.0  # every worker loads its model before /health answers

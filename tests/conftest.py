@@ -33,8 +33,8 @@ import httpx
 import psutil
 import pytest
 
-from predictd import keys
-from predictd.config import BUILTIN_MODELS
+from predictd.config.settings import BUILTIN_MODELS
+from predictd.core import keys
 from predictd.store import SqlStore, open_store
 
 T = TypeVar("T")

@@ -24,11 +24,11 @@ import orjson
 import structlog
 from standardwebhooks import Webhook
 
-from .config import DEFAULT_WEBHOOK_SCHEDULE_S
-from .domain import NewDelivery, Prediction, Status, WebhookAttempt, WebhookDelivery, new_id, utcnow
+from .config.settings import DEFAULT_WEBHOOK_SCHEDULE_S
+from .core.domain import NewDelivery, Prediction, Status, WebhookAttempt, WebhookDelivery, new_id, utcnow
+from .core.ports import Store
 from .errors import ApiError, ErrorId
 from .media import MediaLimits, guarded_transport
-from .ports import Store
 
 log = structlog.get_logger("predictd.webhooks")
 

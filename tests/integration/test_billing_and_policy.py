@@ -290,7 +290,7 @@ def test_admin_api_is_off_without_an_admin_key(server: Server) -> None:
 
 
 def _ledger_totals(server: Server, account: str) -> dict[str, float]:
-    from predictd.domain import from_micros
+    from predictd.core.domain import from_micros
     from predictd.store import SqlStore
 
     async def read(store: SqlStore) -> dict[str, float]:

@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from predictd import keys
-from predictd.domain import AccountStatus
+from predictd.core import keys
+from predictd.core.domain import AccountStatus
 from predictd.store import SqlStore
 
 from ..conftest import Server, revoke_key_of

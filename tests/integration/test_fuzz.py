@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance, unsuppor
 
 from predictd.api.app import create_app
 from predictd.api.fashn import serves as fashn_serves
-from predictd.config import Settings
+from predictd.config.settings import Settings
 from predictd.errors import API_ERRORS, FASHN_STATUS
 
 from ..conftest import Server

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from predictd.api.fashn import CREDITS_HEADER
-from predictd.domain import AccountStatus
+from predictd.core.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import SqlStore
 

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from predictd.domain import (
+from predictd.core.domain import (
     TERMINAL,
     CreditsRefused,
     Prediction,

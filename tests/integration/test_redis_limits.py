@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from predictd.core.domain import Prediction, Status, new_id, utcnow
+from predictd.dispatch.redis_keys import RedisKeys, connect
 from predictd.dispatch.redis_streams import RedisBroker, RedisNotifier
 from predictd.dispatch.registry import RedisCatalog
 from predictd.dispatch.sweeper import INFLIGHT_CHECK_AFTER_S, Sweeper
-from predictd.domain import Prediction, Status, new_id, utcnow
 from predictd.limits import MemoryRateLimiter
 from predictd.limits.redis import RedisLimits
-from predictd.redis_keys import RedisKeys, connect
 from predictd.store import open_store
 
 from ..conftest import REDIS_URL

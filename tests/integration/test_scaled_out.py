@@ -112,7 +112,7 @@ class Load:
 
 def stored_predictions(server: Server, account: str) -> dict[str, Any]:
     """Every prediction of the account in PostgreSQL, by id (the store, not the API)."""
-    from predictd.ports import ListQuery
+    from predictd.core.ports import ListQuery
 
     async def read(store: SqlStore) -> dict[str, Any]:
         found = await store.get_account_by_name(account)

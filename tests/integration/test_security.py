@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from predictd import keys
 from predictd.api.fashn import serves as fashn_serves
+from predictd.core import keys
 from predictd.errors import ErrorId
 
 from ..conftest import ROOT, Server

@@ -18,8 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, text
 
-from predictd.dispatch.local import LocalNotifier
-from predictd.domain import (
+from predictd.core.domain import (
     Credits,
     CreditsRefused,
     IdempotencyRecord,
@@ -31,7 +30,8 @@ from predictd.domain import (
     new_id,
     utcnow,
 )
-from predictd.ports import IdempotencyKeyTaken, ListQuery, Move
+from predictd.core.ports import IdempotencyKeyTaken, ListQuery, Move
+from predictd.dispatch.local import LocalNotifier
 from predictd.runtime.executor import Executor
 from predictd.runtime.process import Failed, Succeeded, WorkerDied
 from predictd.store import SqlStore, open_store

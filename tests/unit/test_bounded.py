@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from predictd.bounded import put_bounded
+from predictd.core.bounded import put_bounded
 
 
 def test_a_new_key_in_a_full_cache_drops_the_oldest_half_first() -> None:

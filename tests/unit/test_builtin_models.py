@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from predictd.config import BUILTIN_MODELS, ModelConfig
+from predictd.config.settings import BUILTIN_MODELS, ModelConfig
 from predictd.errors import InputValidationError, PoseError
 from predictd.models._imaging import parse_hex_colour
 from predictd.models.pose import Keypoint, garment_cutout, torso_quad

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from predictd.api.console import _images, _safe_next, bar_chart, form_fields
 from predictd.api.sessions import ConsoleSessions
-from predictd.domain import Account, AccountStatus, Principal, utcnow
+from predictd.core.domain import Account, AccountStatus, Principal, utcnow
 from predictd.runtime.predictor import BasePredictor, input_schema
 from predictd.runtime.types import ImageInput, ImageOutput, Prompt
 

@@ -3,10 +3,10 @@ of worker announcements."""
 
 from __future__ import annotations
 
+from predictd.core.ports import Job
 from predictd.dispatch.redis_streams import job_fields, job_from_entry
 from predictd.dispatch.registry import model_views
 from predictd.dispatch.sweeper import Suspicion
-from predictd.ports import Job
 
 
 def test_a_job_survives_its_trip_through_a_stream_entry() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from predictd.domain import (
+from predictd.core.domain import (
     FASHN_STATUS,
     NATIVE_STATUS,
     TERMINAL,

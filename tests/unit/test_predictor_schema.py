@@ -7,9 +7,9 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
+from predictd.core.validation import InputRules, validate_input
 from predictd.errors import ApiError, ErrorId
 from predictd.runtime.predictor import BasePredictor, input_schema, output_schema
-from predictd.validation import InputRules, validate_input
 
 
 class Resize(BasePredictor):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import predictd.sdk
-from predictd.client_cli import is_image_ref, parse_input
+from predictd.cli.client import is_image_ref, parse_input
 from predictd.errors import API_ERRORS, FASHN_STATUS, ErrorId
 from predictd.sdk import (
     ERROR_CLASSES,

@@ -9,8 +9,8 @@ import time
 
 from structlog.testing import capture_logs
 
-from predictd.background import cancel_and_wait
-from predictd.scaled import stop_within
+from predictd.core.background import cancel_and_wait
+from predictd.deploy.scaled import stop_within
 
 
 async def test_a_stop_that_ends_in_time_is_not_reported() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from ..domain import LedgerEntry, Plan, Principal, from_micros
+from ..core.domain import LedgerEntry, Plan, Principal, from_micros
 from ..errors import ErrorId
 from . import fashn, native, parsing
 from .auth import authenticated

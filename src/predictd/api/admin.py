@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from ..administration import Administration
-from ..domain import Account, Plan
+from ..core.domain import Account, Plan
 from ..errors import ApiError, ErrorId
+from ..usecases.administration import Administration
 from . import parsing
 from .account import plan_body
 from .auth import presented_key

@@ -17,10 +17,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
-from ..assemble import Deployment, start_embedded
-from ..config import Settings
+from ..config.settings import Settings
+from ..deploy.embedded import Deployment, start_embedded
 from ..errors import ApiError, ErrorId
-from ..metrics import Metrics
+from ..telemetry.metrics import Metrics
 from ..webhooks import Renderer
 from . import account, admin, console, fashn, native, outputs
 from .auth import authenticated, principal_now
@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.scaled_out:
-            from ..scaled import start_api  # Redis and its clients load only in scaled-out processes
+            from ..deploy.scaled import start_api
 
             deployment: Deployment = await start_api(settings, metrics, WEBHOOK_RENDERERS)
         else:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..domain import Principal
+from ..core.domain import Principal
 from .sessions import COOKIE_NAME, console_principal
 from .state import deployment_of, service_in, service_of
 

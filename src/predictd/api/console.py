@@ -32,11 +32,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from .. import keys as api_keys
-from ..domain import NATIVE_STATUS, Principal, Status, from_micros, utcnow
+from ..core import keys as api_keys
+from ..core.domain import NATIVE_STATUS, Principal, Status, from_micros, utcnow
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..runtime.types import MEDIA_KEY, MODERATE_KEY
-from ..service import SubmitRequest
+from ..usecases.service import SubmitRequest
 from . import parsing
 from .auth import caller_region
 from .native import error_response, prediction_body

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..domain import FASHN_STATUS, Prediction, Principal, Status
+from ..core.domain import FASHN_STATUS, Prediction, Principal, Status
 from ..errors import API_ERRORS, ApiError, ErrorId
-from ..service import SubmitRequest
+from ..usecases.service import SubmitRequest
 from ..webhooks import fashn_target
 from . import parsing
 from .auth import authenticated, caller_region

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Scope
 
-from ..domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
+from ..core.domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
 from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
-from ..service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
+from ..usecases.service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
 from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..bounded import put_bounded
-from ..domain import Prediction
+from ..core.bounded import put_bounded
+from ..core.domain import Prediction
 from ..errors import ApiError
 
 

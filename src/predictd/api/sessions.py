@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 from starlette.requests import Request
 
-from ..domain import Principal
+from ..core.domain import Principal
 from ..errors import ApiError, ErrorId
 from .state import deployment_of, service_of
 
 if TYPE_CHECKING:  # only scaled-out deployments keep sessions in Redis
     from redis.asyncio import Redis
 
-    from ..redis_keys import RedisKeys
+    from ..dispatch.redis_keys import RedisKeys
 
 COOKIE_NAME = "predictd_console"
 SESSION_TTL_S = 12 * 3600.0

@@ -9,9 +9,9 @@ from typing import Protocol, TypeVar, cast
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..assemble import Deployment
-from ..domain import Prediction, Principal
-from ..service import Service
+from ..core.domain import Prediction, Principal
+from ..deploy.embedded import Deployment
+from ..usecases.service import Service
 
 R = TypeVar("R")
 

@@ -6,8 +6,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 
-from ..domain import Prediction
-from ..ports import CancelHandler, Job
+from ..core.domain import Prediction
+from ..core.ports import CancelHandler, Job
 
 
 class LocalBroker:

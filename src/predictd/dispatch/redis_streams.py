@@ -26,11 +26,11 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..background import Background, cancel_and_wait
-from ..domain import Prediction
-from ..ports import CancelHandler, Job, Store
-from ..redis_keys import CONSUMER_GROUP, RedisKeys
+from ..core.background import Background, cancel_and_wait
+from ..core.domain import Prediction
+from ..core.ports import CancelHandler, Job, Store
 from .local import LocalNotifier, _LocalSubscription
+from .redis_keys import CONSUMER_GROUP, RedisKeys
 
 log = structlog.get_logger("predictd.dispatch")
 

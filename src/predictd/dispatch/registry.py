@@ -18,9 +18,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..config import ModelConfig
-from ..domain import ModelInfo
-from ..redis_keys import RedisKeys
+from ..config.settings import ModelConfig
+from ..core.domain import ModelInfo
+from .redis_keys import RedisKeys
 
 log = structlog.get_logger("predictd.dispatch")
 

@@ -19,12 +19,12 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..domain import Prediction, Status, utcnow
+from ..core.domain import Prediction, Status, utcnow
+from ..core.ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, Store
 from ..errors import UNAVAILABLE_ERROR
-from ..ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, Store
-from ..redis_keys import RedisKeys
 from ..runtime.executor import failure_changes
 from ..runtime.process import unavailable_failure
+from .redis_keys import RedisKeys
 from .redis_streams import RedisBroker
 
 log = structlog.get_logger("predictd.sweeper")

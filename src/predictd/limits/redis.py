@@ -10,7 +10,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..redis_keys import RedisKeys
+from ..dispatch.redis_keys import RedisKeys
 from .gcra import RateDecision
 from .memory import LimitsUnavailable
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..domain import ModelInfo, Prediction, Status, price_of, utcnow
+from ..core.domain import ModelInfo, Prediction, Status, price_of, utcnow
+from ..core.ports import DeliveryPlanner, Move, Notifier, Store
 from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
-from ..ports import DeliveryPlanner, Move, Notifier, Store
 from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
 
 

@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ..background import cancel_and_wait
-from ..config import ModelConfig
-from ..domain import ModelInfo, Prediction
-from ..ports import Job, WorkSource
+from ..config.settings import ModelConfig
+from ..core.background import cancel_and_wait
+from ..core.domain import ModelInfo, Prediction
+from ..core.ports import Job, WorkSource
 from .executor import Executor
 from .process import Outcome, WorkerDied, WorkerProcess, WorkerStartError
 

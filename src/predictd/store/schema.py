@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from ..domain import TERMINAL, Status
+from ..core.domain import TERMINAL, Status
 
 
 class UTCDateTime(TypeDecorator[datetime]):

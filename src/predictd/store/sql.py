@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from ..domain import (
+from ..core.domain import (
     Account,
     AccountStatus,
     ApiKey,
@@ -48,7 +48,7 @@ from ..domain import (
     to_micros,
     utcnow,
 )
-from ..ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
+from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
 from .engines import Connection, Engine, ThreadedEngine
 from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (

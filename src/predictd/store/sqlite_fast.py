@@ -41,8 +41,8 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from ..bounded import put_bounded
-from ..domain import (
+from ..core.bounded import put_bounded
+from ..core.domain import (
     Account,
     AccountStatus,
     ApiKey,
@@ -57,7 +57,7 @@ from ..domain import (
     to_micros,
     utcnow,
 )
-from ..ports import DeliveryPlanner, IdempotencyKeyTaken, Move
+from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, Move
 from .engines import Engine
 from .schema import predictions, read_sqlite_json, sqlite_json
 from .sql import SqlStore

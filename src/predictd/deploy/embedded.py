@@ -12,27 +12,27 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .background import cancel_and_wait
-from .config import ModelConfig, Settings
-from .dispatch.local import LocalBroker, LocalNotifier
-from .domain import Plan, utcnow
-from .media import MediaLimits
-from .metrics import Metrics
-from .outputs import LocalOutputs
-from .ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
-from .runtime.executor import Executor
-from .runtime.pipeline import CONFIG_ENV, WorkerConfig
-from .runtime.supervisor import Supervisor
-from .safety.security import SecurityScreen
-from .safety.text import TextModerator, TextPolicy
-from .service import Policy, Service
-from .store import SqlStore, open_store
-from .webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
+from ..config.settings import ModelConfig, Settings
+from ..core.background import cancel_and_wait
+from ..core.domain import Plan, utcnow
+from ..core.ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
+from ..dispatch.local import LocalBroker, LocalNotifier
+from ..media import MediaLimits
+from ..outputs import LocalOutputs
+from ..runtime.executor import Executor
+from ..runtime.pipeline import CONFIG_ENV, WorkerConfig
+from ..runtime.supervisor import Supervisor
+from ..safety.security import SecurityScreen
+from ..safety.text import TextModerator, TextPolicy
+from ..store import SqlStore, open_store
+from ..telemetry.metrics import Metrics
+from ..usecases.service import Policy, Service
+from ..webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
 
 if TYPE_CHECKING:  # Redis is imported by scaled-out processes only
     from redis.asyncio import Redis
 
-    from .redis_keys import RedisKeys
+    from ..dispatch.redis_keys import RedisKeys
 
 log = structlog.get_logger("predictd")
 

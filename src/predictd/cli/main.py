@@ -12,14 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, keys
-from .administration import Administration
-from .client_cli import predict, predictions_app
-from .config import Settings, load_settings
-from .domain import Plan, from_micros
-from .errors import ApiError
-from .logs import configure as configure_logging
-from .store import SqlStore, open_store
+from .. import __version__
+from ..config.settings import Settings, load_settings
+from ..core import keys
+from ..core.domain import Plan, from_micros
+from ..errors import ApiError
+from ..store import SqlStore, open_store
+from ..telemetry.logs import configure as configure_logging
+from ..usecases.administration import Administration
+from .client import predict, predictions_app
 
 T = TypeVar("T")
 
@@ -146,8 +147,8 @@ def serve(
     stateless API process of a scaled-out deployment."""
     import uvicorn
 
-    from .api.app import create_app
-    from .api.http_protocol import CoalescingHttpToolsProtocol
+    from ..api.app import create_app
+    from ..api.http_protocol import CoalescingHttpToolsProtocol
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
@@ -187,7 +188,7 @@ def worker(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run models for a scaled-out deployment: take predictions from Redis, store outcomes in the database."""
-    from .api.app import WEBHOOK_RENDERERS
+    from ..api.app import WEBHOOK_RENDERERS
 
     settings = _settings(log_level=log_level, database_url=database, redis_url=redis)
     if not settings.scaled_out or settings.database_url is None:
@@ -207,7 +208,7 @@ async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any
     import signal
     import sys
 
-    from .scaled import STOP_OVERRUN_S, start_worker, stop_within
+    from ..deploy.scaled import STOP_OVERRUN_S, start_worker, stop_within
 
     node = await start_worker(settings, renderers, only)
     stopping = asyncio.Event()

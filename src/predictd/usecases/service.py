@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import structlog
 
-from . import keys
-from .background import Background
-from .bounded import put_bounded
-from .domain import (
+from ..core import keys
+from ..core.background import Background
+from ..core.bounded import put_bounded
+from ..core.domain import (
     NATIVE_STATUS,
     Account,
     AccountStatus,
@@ -38,11 +38,7 @@ from .domain import (
     to_micros,
     utcnow,
 )
-from .errors import UNAVAILABLE_ERROR, ApiError, ErrorId
-from .limits import LimitsUnavailable, MemoryLimits, RateDecision
-from .media import data_uri_size
-from .outputs import LocalOutputs
-from .ports import (
+from ..core.ports import (
     Broker,
     DeliveryPlanner,
     IdempotencyKeyTaken,
@@ -52,14 +48,18 @@ from .ports import (
     Notifier,
     Store,
 )
-from .runtime.executor import failure_changes
-from .runtime.process import unavailable_failure
-from .runtime.types import MODERATION_LEVEL
-from .safety import ModerationLevel, ModerationUnavailable
-from .safety.security import SecurityScreen
-from .safety.text import TextModerator
-from .validation import InputRules, validate_input
-from .webhooks import WebhookTarget
+from ..core.validation import InputRules, validate_input
+from ..errors import UNAVAILABLE_ERROR, ApiError, ErrorId
+from ..limits import LimitsUnavailable, MemoryLimits, RateDecision
+from ..media import data_uri_size
+from ..outputs import LocalOutputs
+from ..runtime.executor import failure_changes
+from ..runtime.process import unavailable_failure
+from ..runtime.types import MODERATION_LEVEL
+from ..safety import ModerationLevel, ModerationUnavailable
+from ..safety.security import SecurityScreen
+from ..safety.text import TextModerator
+from ..webhooks import WebhookTarget
 
 log = structlog.get_logger("predictd.service")
 

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .domain import ModelInfo
+from ..core.domain import ModelInfo
 
 BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
     {

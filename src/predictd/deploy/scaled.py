@@ -1,5 +1,5 @@
 """The scaled-out processes: a stateless API process (`predictd serve --redis`) and a `predictd worker`,
-assembled from the same parts as embedded mode (assemble.py) with PostgreSQL state and Redis dispatch."""
+assembled from the same parts as embedded mode (embedded.py) with PostgreSQL state and Redis dispatch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,19 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .assemble import (
+from ..config.settings import Settings
+from ..core.background import Background, cancel_and_wait
+from ..dispatch.redis_keys import RedisKeys, connect
+from ..dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
+from ..dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
+from ..dispatch.sweeper import Sweeper
+from ..limits.redis import RedisLimits
+from ..outputs import LocalOutputs
+from ..runtime.executor import Executor
+from ..runtime.supervisor import Supervisor
+from ..telemetry.metrics import Metrics
+from ..webhooks import Planner, Renderer
+from .embedded import (
     Deployment,
     build_service,
     build_supervisor,
@@ -22,18 +34,6 @@ from .assemble import (
     watch_model,
     webhook_dispatcher,
 )
-from .background import Background, cancel_and_wait
-from .config import Settings
-from .dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
-from .dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
-from .dispatch.sweeper import Sweeper
-from .limits.redis import RedisLimits
-from .metrics import Metrics
-from .outputs import LocalOutputs
-from .redis_keys import RedisKeys, connect
-from .runtime.executor import Executor
-from .runtime.supervisor import Supervisor
-from .webhooks import Planner, Renderer
 
 log = structlog.get_logger("predictd")
 

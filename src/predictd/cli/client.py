@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from .sdk import Client
+    from ..sdk import Client
 
 predictions_app = typer.Typer(
     help="List, show and cancel predictions on a predictd server.", no_args_is_help=True
@@ -155,7 +155,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 @contextmanager
 def _client(base_url: str, api_key: str | None) -> Iterator[Client]:
-    from .sdk import (
+    from ..sdk import (
         APIConnectionError,
         APIError,
         Client,

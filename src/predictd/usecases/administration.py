@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import keys
-from .domain import Account, AccountStatus, Credits, Plan, to_micros
-from .errors import ApiError, ErrorId
-from .ports import Store
+from ..core import keys
+from ..core.domain import Account, AccountStatus, Credits, Plan, to_micros
+from ..core.ports import Store
+from ..errors import ApiError, ErrorId
 
 
 @dataclass(frozen=True, slots=True)
