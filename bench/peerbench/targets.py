@@ -42,7 +42,7 @@ REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, flushed before
 ROUNDTRIP_TIMEOUT_S = 60.0
 NOOP_BODY = {"model": "echo", "input": {"text": "x"}}
 PREDICTD_POLL = "/v1/predictions/{id}"
-# The settings predictd's own `serve` gives uvicorn (src/predictd/cli/main.py), for the reference ASGI servers:
+# The settings predictd's own `serve` gives uvicorn (predictd/cli/main.py), for the reference ASGI servers:
 # the floor, in predictd's venv, runs predictd's own HTTP protocol too (a response's head and body in one
 # write); the FastAPI + Celery stack, in a venv of its own, runs uvicorn's httptools protocol it is built on.
 UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
