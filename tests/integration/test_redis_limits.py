@@ -13,7 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from predictd.core.domain import Prediction, Status, new_id, utcnow
-from predictd.dispatch.redis_keys import RedisKeys, connect
+from predictd.core.redis_keys import RedisKeys
+from predictd.deploy.scaled import connect
 from predictd.dispatch.redis_streams import RedisBroker, RedisNotifier
 from predictd.dispatch.registry import RedisCatalog
 from predictd.dispatch.sweeper import INFLIGHT_CHECK_AFTER_S, Sweeper

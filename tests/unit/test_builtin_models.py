@@ -10,11 +10,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from predictd.config.settings import BUILTIN_MODELS, ModelConfig
+from predictd.core.schema_marks import MEDIA_KEY, fields_marked
 from predictd.errors import InputValidationError, PoseError
 from predictd.models._imaging import parse_hex_colour
 from predictd.models.pose import Keypoint, garment_cutout, torso_quad
 from predictd.runtime.predictor import input_schema, load_predictor_class, output_schema
-from predictd.runtime.types import MEDIA_KEY, fields_marked
 
 
 @pytest.mark.parametrize("entry", BUILTIN_MODELS, ids=[str(m["slug"]) for m in BUILTIN_MODELS])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from predictd.api.fashn import STATUSES as FASHN_STATUS
 from predictd.core.domain import (
-    FASHN_STATUS,
     NATIVE_STATUS,
     TERMINAL,
     TRANSITIONS,

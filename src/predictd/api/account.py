@@ -13,7 +13,7 @@ from . import fashn, native, parsing
 from .auth import authenticated
 from .native import _query
 from .responses import JSONResponse
-from .state import service_of
+from .state import usecases_of
 
 router = APIRouter(prefix="/v1", tags=["account"])
 
@@ -47,8 +47,8 @@ def entry_body(entry: LedgerEntry) -> dict[str, Any]:
     responses=native._errors(),
 )
 async def account(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
-    service = service_of(request)
-    credits = await service.store.credits(principal.account.id)
+    own = usecases_of(request).account
+    credits = await own.credits(principal)
     return JSONResponse(
         {
             "id": principal.account.id,
@@ -57,7 +57,7 @@ async def account(request: Request, principal: Principal = Depends(authenticated
             "plan": plan_body(principal.plan),
             "disabled_models": list(principal.account.disabled_models),
             "credits": credits.as_dict(),
-            "in_flight": await service.in_flight(principal.account.id),
+            "in_flight": await own.in_flight(principal),
         }
     )
 
@@ -83,13 +83,13 @@ async def ledger(request: Request, principal: Principal = Depends(authenticated)
     limit = parsing.positive_int("limit", request.query_params.get("limit"), 50, 500)
     before = request.query_params.get("before")
     before_id = parsing.positive_int("before", before, 1) if before is not None else None
-    entries = await service_of(request).store.ledger(principal.account.id, limit, before_id)
+    entries = await usecases_of(request).account.ledger(principal, limit, before_id)
     return JSONResponse({"data": [entry_body(e) for e in entries]})
 
 
 @router.get("/credits", summary="Credits (FASHN path)", responses=fashn._errors())
 async def credits(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
-    balance = await service_of(request).store.credits(principal.account.id)
+    balance = await usecases_of(request).account.credits(principal)
     available = from_micros(balance.available_micros)
     return JSONResponse(
         {

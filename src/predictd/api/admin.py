@@ -27,7 +27,7 @@ async def administration(request: Request) -> Administration:
         raise ApiError(ErrorId.UNAUTHORIZED, "The admin API is disabled: set admin_key (PREDICTD_ADMIN_KEY).")
     if not hmac.compare_digest(presented.encode(), configured.encode()):
         raise ApiError(ErrorId.UNAUTHORIZED, "The admin API needs the deployment's admin key.")
-    return Administration(deployment_of(request).service.store)
+    return deployment_of(request).usecases.administration
 
 
 def account_body(account: Account) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -23,18 +22,22 @@ from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
 from ..webhooks import Renderer
 from . import account, admin, console, fashn, native, outputs
-from .auth import authenticated, principal_now
-from .context import FastRoutes, RequestContext
+from .context import RequestContext
+from .fast import FastRoutes
 from .responses import JSONResponse
 from .state import deployment_of, request_id_of
+from .surface import surface_for
 
 log = structlog.get_logger("predictd.api")
 
 
-def _render(request: Request, error: ApiError) -> JSONResponse:
-    if fashn.serves(request.url.path):
-        return fashn.render_error(request, error)
-    return native.render_error(request, error)
+# The wire-compatible APIs this app serves. Each declares its routes, error bodies, status names, webhook
+# payloads and fast-lane routes (see surface.py); nothing below names one.
+SURFACES = (native.SURFACE, fashn.SURFACE)
+
+
+def _render(request: Request, error: ApiError) -> Response:
+    return surface_for(SURFACES, request.url.path).render_error(request, error)
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
@@ -70,25 +73,13 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
     return response
 
 
-WEBHOOK_RENDERERS: dict[str, Renderer] = {
-    "native": lambda prediction, base_url, event: {
-        **native.prediction_body(prediction, base_url),
-        "event": event,
-    },
-    "fashn": lambda prediction, base_url, event: fashn.status_body(prediction, base_url),
-}
+WEBHOOK_RENDERERS: dict[str, Renderer] = {s.name: s.webhook_body for s in SURFACES}
 
 
 def _fast_routes() -> FastRoutes:
-    wanted = (*native.FAST_ENDPOINTS, *fashn.FAST_ENDPOINTS)
-    routes = [
-        r
-        for r in (*native.router.routes, *fashn.router.routes)
-        if isinstance(r, APIRoute) and r.endpoint in wanted
-    ]
-    assert len(routes) == len(wanted), "every fast endpoint is a route of its surface"
     return FastRoutes(
-        routes, authenticated, principal_now, answers_now={**native.ANSWERS_NOW, **fashn.ANSWERS_NOW}
+        [route for s in SURFACES for route in s.fast_routes()],
+        answers_now={endpoint: now for s in SURFACES for endpoint, now in s.answers_now.items()},
     )
 
 
@@ -126,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
             deployment = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
         assert isinstance(app, PredictdApp)
         app.deployment = deployment
-        log.info("predictd ready", models=[m.slug for m in deployment.service.models() if m.available])
+        log.info("predictd ready", models=[m.slug for m in deployment.usecases.models.list() if m.available])
         try:
             yield
         finally:
@@ -150,8 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
         # global providers on every request (and trace every dependency) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.include_router(native.router)
-    app.include_router(fashn.router)
+    for surface in SURFACES:
+        app.include_router(surface.router)
     app.include_router(outputs.router)
     app.include_router(account.router)
     app.include_router(admin.router)
@@ -164,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health", tags=["operations"], summary="Liveness and model availability")
     async def health(request: Request) -> JSONResponse:
         deployment = deployment_of(request)
-        models = deployment.service.models()
+        models = deployment.usecases.models.list()
         body: dict[str, object] = {
             "status": "ok",
             "version": __version__,

@@ -1,4 +1,4 @@
-"""Who is calling: the API key from either surface's header, checked by the service."""
+"""Who is calling: the API key from either surface's header, checked by the access use case."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import ipaddress
 from collections.abc import Iterable
 
 from starlette.requests import Request
-from starlette.types import Scope
 
 from ..core.domain import Principal
 from .sessions import COOKIE_NAME, console_principal
-from .state import deployment_of, service_in, service_of
+from .state import deployment_of, usecases_of
 
 
 def presented_key(request: Request) -> str | None:
@@ -63,29 +62,21 @@ def caller_region(request: Request) -> str | None:
 COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def principal_now(scope: Scope) -> Principal | None:
-    """What ``authenticated`` would answer, when that needs no I/O: a key header whose principal the
-    service already holds, on a plan without rate limits. None means "call ``authenticated``", which gives
-    every refusal and serves the console's cookie."""
-    key = key_in(scope["headers"])
-    return None if key is None else service_in(scope).principal_now(key)
-
-
 async def authenticated(request: Request) -> Principal:
     """The caller's principal, from the API key headers; or, on GET only and when no key header is sent at
     all, from the web console's session cookie (so the console's EventSource can follow a stream).
 
     A request that carries a key header is judged by that key alone, cookie or not.
     """
-    service = service_of(request)
+    access = usecases_of(request).access
     key = presented_key(request)
     principal: Principal | None = None
     if key is None and request.method in COOKIE_METHODS and COOKIE_NAME in request.cookies:
         found = await console_principal(request)
         principal = found[0] if found else None
     if principal is None:
-        principal = await service.authenticate(key)
-    decision = await service.check_rate(principal)
+        principal = await access.authenticate(key)
+    decision = await access.check_rate(principal)
     if decision is not None:
         # RequestContext adds these to whatever answer the route gives.
         request.scope.setdefault("state", {})[RATE_HEADERS_STATE] = decision.headers()

@@ -34,15 +34,15 @@ from starlette.responses import RedirectResponse, Response
 
 from ..core import keys as api_keys
 from ..core.domain import NATIVE_STATUS, Principal, Status, from_micros, utcnow
+from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
-from ..runtime.types import MEDIA_KEY, MODERATE_KEY
-from ..usecases.service import SubmitRequest
+from ..usecases.admission import SubmitRequest
 from . import parsing
 from .auth import caller_region
 from .native import error_response, prediction_body
 from .responses import JSONResponse
 from .sessions import COOKIE_NAME, SESSION_TTL_S, ConsoleSession, console_principal, sessions_of
-from .state import request_id_of, service_of
+from .state import request_id_of, usecases_of
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -291,7 +291,7 @@ async def login(request: Request) -> Response:
     secret = form.get("key", "").strip()
     target = _safe_next(form.get("next"))
     try:
-        principal = await service_of(request).authenticate(secret)
+        principal = await usecases_of(request).access.authenticate(secret)
     except ApiError as exc:
         status = API_ERRORS[exc.error_id].http_status
         return _html(
@@ -341,7 +341,7 @@ def _query_without(request: Request, **changes: Any) -> str:
 async def predictions_page(request: Request) -> Response:
     async def body(signed: Signed) -> Response:
         query = request.query_params
-        service = service_of(request)
+        usecases = usecases_of(request)
         filters = {
             "model": query.get("model", ""),
             "status": query.get("status", ""),
@@ -360,7 +360,7 @@ async def predictions_page(request: Request) -> Response:
                 "to",
                 parsing.iso_datetime("to", filters["to"], end_of_day=True),
             )
-            page = await service.list(
+            page = await usecases.predictions.list(
                 signed.principal,
                 page=number,
                 per_page=PER_PAGE,
@@ -382,7 +382,7 @@ async def predictions_page(request: Request) -> Response:
             page=page,
             filters=filters,
             error=error,
-            models=[m.slug for m in service.models()],
+            models=[m.slug for m in usecases.models.list()],
             statuses=list(STATUS_FILTERS),
             prev_query=_query_without(request, page=page.page - 1) if page and page.page > 1 else None,
             next_query=(
@@ -410,11 +410,11 @@ def _images(value: Any, base_url: str) -> Iterator[str]:
 @router.get("/predictions/{prediction_id}")
 async def prediction_page(request: Request, prediction_id: str) -> Response:
     async def body(signed: Signed) -> Response:
-        service = service_of(request)
-        prediction = await service.get(signed.principal, prediction_id)
+        own = usecases_of(request).account
+        deliveries = await own.deliveries(signed.principal, prediction_id)
+        prediction = await usecases_of(request).predictions.get(signed.principal, prediction_id)
         base = str(request.base_url)
         shown = prediction_body(prediction, base)
-        deliveries = await service.store.list_deliveries(prediction.id)
         return _html(
             request,
             "prediction.html",
@@ -511,7 +511,7 @@ def form_fields(schema: dict[str, Any] | None) -> list[FormField]:
 @router.get("/models")
 async def models_page(request: Request) -> Response:
     async def body(signed: Signed) -> Response:
-        models = service_of(request).models()
+        models = usecases_of(request).models.list()
         return _html(
             request, "models.html", signed, nav="playground", models=models, plan=signed.principal.plan
         )
@@ -522,7 +522,7 @@ async def models_page(request: Request) -> Response:
 @router.get("/models/{slug}")
 async def playground_page(request: Request, slug: str) -> Response:
     async def body(signed: Signed) -> Response:
-        info = service_of(request).model(slug)
+        info = usecases_of(request).models.get(slug)
         return _html(
             request,
             "playground.html",
@@ -558,9 +558,9 @@ async def run_model(request: Request, slug: str) -> Response:
         parsing.require_fields(body, "input")
         parsing.reject_unknown_fields(body, frozenset({"input"}))
         parsing.expect_type(body, "input", dict, "a JSON object")
-        service = service_of(request)
-        await service.check_rate(principal)
-        submission = await service.submit(
+        usecases = usecases_of(request)
+        await usecases.access.check_rate(principal)
+        submission = await usecases.predictions.submit(
             principal,
             SubmitRequest(model=slug, input=body["input"], source="console", region=caller_region(request)),
         )
@@ -584,7 +584,7 @@ async def run_model(request: Request, slug: str) -> Response:
 async def _keys_page(
     request: Request, signed: Signed, *, created: str | None = None, note: str | None = None
 ) -> Response:
-    listed = await service_of(request).store.list_keys(signed.principal.account.id)
+    listed = await usecases_of(request).account.keys(signed.principal)
     return _html(
         request,
         "keys.html",
@@ -611,10 +611,9 @@ async def keys_page(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     async def body(signed: Signed, form: dict[str, str]) -> Response:
         label = form.get("label", "").strip()[:MAX_LABEL] or "console"
-        new = api_keys.generate_key()
-        await service_of(request).store.create_key(signed.principal.account.id, new.digest, new.prefix, label)
+        created = await usecases_of(request).account.create_key(signed.principal, label)
         # Shown in this answer only (no-store); the server keeps nothing but the digest.
-        return await _keys_page(request, signed, created=new.secret)
+        return await _keys_page(request, signed, created=created.secret)
 
     return await _post(request, body)
 
@@ -622,12 +621,7 @@ async def create_key(request: Request) -> Response:
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(request: Request, key_id: str) -> Response:
     async def body(signed: Signed, form: dict[str, str]) -> Response:
-        store = service_of(request).store
-        owned = {k.id: k for k in await store.list_keys(signed.principal.account.id)}
-        key = owned.get(key_id)
-        if key is None:  # another account's key is reported exactly like a missing one
-            raise ApiError(ErrorId.NOT_FOUND, f"No key with id {key_id!r}.")
-        await store.revoke_key(key.id)
+        key = await usecases_of(request).account.revoke_key(signed.principal, key_id)
         await sessions_of(request).close_key(key.id)
         if key.id == signed.principal.key_id:
             return _signed_out(request, "revoked")
@@ -708,15 +702,14 @@ def _round_up(value: float) -> float:
 @router.get("/credits")
 async def credits_page(request: Request) -> Response:
     async def body(signed: Signed) -> Response:
-        store = service_of(request).store
-        account_id = signed.principal.account.id
+        own = usecases_of(request).account
         raw_before = request.query_params.get("before")
         before = parsing.positive_int("before", raw_before, 1) if raw_before else None
-        entries = await store.ledger(account_id, LEDGER_PAGE, before)
+        entries = await own.ledger(signed.principal, LEDGER_PAGE, before)
         today = utcnow().date()
         days = [today - timedelta(days=USAGE_DAYS - 1 - i) for i in range(USAGE_DAYS)]
         since = datetime.combine(days[0], time.min, tzinfo=UTC)
-        usage = {u.day: u for u in await store.daily_usage(account_id, since)}
+        usage = {u.day: u for u in await own.daily_usage(signed.principal, since)}
         counts = [float(usage[d].predictions) if d in usage else 0.0 for d in days]
         spent = [usage[d].credits if d in usage else 0.0 for d in days]
         return _html(
@@ -724,7 +717,7 @@ async def credits_page(request: Request) -> Response:
             "credits.html",
             signed,
             nav="credits",
-            credits=(await store.credits(account_id)).as_dict(),
+            credits=(await own.credits(signed.principal)).as_dict(),
             plan=signed.principal.plan,
             entries=[
                 {

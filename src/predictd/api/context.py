@@ -1,5 +1,5 @@
 """Pure ASGI middleware: a request id on every answer, a bound on request bodies, HTTP metrics, and the
-direct dispatch of the hottest routes."""
+fast lane (fast.py) tried first."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi.routing import APIRoute
-from starlette.convertors import StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
+from .fast import AnswerNow, FastRoutes
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -63,75 +63,6 @@ def _with_context_headers(
 
 UnhandledHandler = Callable[[Request, Exception], Awaitable[Response]]
 ErrorRenderer = Callable[[Request, ApiError], Response]
-Authenticator = Callable[[Request], Awaitable[Any]]
-# The caller's principal when it is known without I/O (see auth.principal_now); None: not known so.
-PrincipalNow = Callable[[Scope], Any]
-# A route's answer when it needs no I/O: (path params, scope, principal) -> a Response, or None when the
-# route must run (see state.status_answer_now).
-AnswerNow = Callable[[dict[str, str], Scope, Any], Response | None]
-
-
-class FastRoutes:
-    """Routes called straight from here instead of through FastAPI's router, request_response wrapper and
-    dependency solver (together about 0.25 ms of CPU per request, more than the rest of a status read).
-
-    Only endpoints of the shape ``(<str path params>, request, principal=Depends(authenticated))`` that
-    return a Response qualify; they keep their FastAPI registration for the OpenAPI document and behave
-    the same: the principal comes from the same ``authenticated`` dependency, an ApiError is rendered by
-    the app's own handler, anything else goes to the unhandled-error path below.
-
-    A route may also have an answer-now companion (``answers_now``): a plain function that answers from
-    what is already in memory, or says None. A polled status read is then a few dictionary lookups: no
-    Request, no coroutine chain, no Response round trip through the ASGI layers. Whatever it cannot answer
-    (an error among others) the route itself answers, so every refusal still has one source.
-    """
-
-    def __init__(
-        self,
-        routes: Iterable[APIRoute],
-        authenticate: Authenticator,
-        principal_now: PrincipalNow | None = None,
-        answers_now: dict[Callable[..., Any], AnswerNow] | None = None,
-    ) -> None:
-        self._authenticate = authenticate
-        self._principal_now = principal_now
-        self._by_method: dict[str, list[tuple[APIRoute, AnswerNow | None]]] = {}
-        routes = list(routes)
-        answers_now = answers_now or {}
-        unknown = set(answers_now) - {r.endpoint for r in routes}
-        if unknown:
-            raise ValueError(f"answers now for endpoints that are not fast routes: {unknown}")
-        if answers_now and principal_now is None:
-            raise ValueError("answers now need principal_now")
-        for route in routes:
-            if not all(isinstance(c, StringConvertor) for c in route.param_convertors.values()):
-                raise ValueError(f"{route.path}: only plain string path parameters are dispatched directly")
-            for method in route.methods or ():
-                self._by_method.setdefault(method, []).append((route, answers_now.get(route.endpoint)))
-
-    def match(self, scope: Scope) -> tuple[APIRoute, dict[str, str], AnswerNow | None] | None:
-        if scope.get("root_path"):
-            return None  # mounted under a prefix: let the router resolve paths
-        path = scope["path"]
-        for route, now in self._by_method.get(scope["method"], ()):
-            found = route.path_regex.match(path)
-            if found is not None:
-                return route, found.groupdict(), now
-        return None
-
-    def principal_now(self, scope: Scope) -> Any:
-        """The principal ``authenticate`` would give, when that needs no I/O and no rate check; else None."""
-        return None if self._principal_now is None else self._principal_now(scope)
-
-    async def call(
-        self, route: APIRoute, params: dict[str, str], request: Request, principal: Any
-    ) -> Response:
-        """``route``'s endpoint, for ``principal`` or (None) whoever ``authenticate`` finds."""
-        if principal is None:
-            principal = await self._authenticate(request)
-        response = await route.endpoint(**params, request=request, principal=principal)
-        assert isinstance(response, Response)
-        return response
 
 
 class RequestContext:

@@ -13,15 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..core.domain import FASHN_STATUS, Prediction, Principal, Status
+from ..core.domain import Prediction, Principal, Status
 from ..errors import API_ERRORS, ApiError, ErrorId
-from ..usecases.service import SubmitRequest
+from ..usecases.admission import SubmitRequest
 from ..webhooks import fashn_target
 from . import parsing
 from .auth import authenticated, caller_region
+from .fast import status_answer_now
 from .outputs import public_output
 from .responses import JSONResponse, base_url, base_url_of, retry_headers
-from .state import request_id_of, service_of, status_answer_now
+from .state import request_id_of, usecases_of
+from .surface import Surface
 
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
 
@@ -30,6 +32,14 @@ RUN_FIELDS = frozenset({"model_name", "inputs", "use_case"})
 # The official SDK's subscribe() sends its own polling options in the body; they mean nothing to the server.
 SDK_CLIENT_OPTIONS = frozenset({"pollInterval", "timeout", "maxRetries", "onEnqueued", "onQueueUpdate"})
 CREDITS_HEADER = "x-fashn-credits-used"
+STATUSES: dict[Status, str] = {
+    Status.QUEUED: "in_queue",
+    Status.PROCESSING: "processing",
+    Status.SUCCEEDED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "canceled",
+    Status.TIMED_OUT: "time_out",
+}
 
 
 class FashnErrorBody(BaseModel):
@@ -98,7 +108,7 @@ def status_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
         error = {"name": prediction.error_name, "message": prediction.error_message or ""}
     return {
         "id": prediction.id,
-        "status": FASHN_STATUS[prediction.status],
+        "status": STATUSES[prediction.status],
         "output": _as_list(public_output(prediction.output, base_url)),
         "error": error,
     }
@@ -159,7 +169,7 @@ async def run(request: Request, principal: Principal = Depends(authenticated)) -
     parsing.expect_type(body, "inputs", dict, "a JSON object")
     base = base_url_of(request)
     hook_url = request.query_params.get("webhook_url")
-    submission = await service_of(request).submit(
+    submission = await usecases_of(request).predictions.submit(
         principal,
         SubmitRequest(
             model=model,
@@ -182,7 +192,7 @@ async def run(request: Request, principal: Principal = Depends(authenticated)) -
 async def status(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    prediction = await service_of(request).get(principal, prediction_id)
+    prediction = await usecases_of(request).predictions.get(principal, prediction_id)
     return _status_response(prediction, request.scope)
 
 
@@ -198,10 +208,17 @@ def _status_response(prediction: Prediction, scope: Scope) -> JSONResponse:
 async def cancel(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    prediction = await service_of(request).cancel(principal, prediction_id)
+    prediction = await usecases_of(request).predictions.cancel(principal, prediction_id)
     return JSONResponse(status_body(prediction, base_url_of(request)), headers=_credit_headers(prediction))
 
 
-# Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
-FAST_ENDPOINTS = (run, status)
-ANSWERS_NOW = {status: status_answer_now(_status_response)}
+SURFACE = Surface(
+    name="fashn",
+    router=router,
+    statuses=STATUSES,
+    render_error=render_error,
+    webhook_body=lambda prediction, base_url, event: status_body(prediction, base_url),
+    claims=serves,
+    fast_endpoints=(run, status),
+    answers_now={status: status_answer_now(_status_response)},
+)

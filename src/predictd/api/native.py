@@ -8,6 +8,7 @@ object the official SDK parses (it reads ``error.error_id``, ``error.message``, 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,13 +21,16 @@ from starlette.types import Scope
 
 from ..core.domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
 from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
-from ..usecases.service import DEFAULT_PER_PAGE, MAX_PER_PAGE, SubmitRequest
+from ..usecases.admission import SubmitRequest
+from ..usecases.predictions import DEFAULT_PER_PAGE, MAX_PER_PAGE
 from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region
+from .fast import RenderedBodies, RenderedJSON, status_answer_now
 from .outputs import public_output
-from .responses import JSONResponse, RenderedBodies, RenderedJSON, base_url, base_url_of, retry_headers
-from .state import deployment_of, request_id_of, service_of, status_answer_now
+from .responses import JSONResponse, base_url, base_url_of, retry_headers
+from .state import deployment_of, request_id_of, usecases_of
+from .surface import Surface
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
 
@@ -298,8 +302,8 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     parsing.expect_type(body, "stream", bool, "true or false")
     base = base_url_of(request)
     webhook = native_target(body["webhook"], base) if body.get("webhook") is not None else None
-    service = service_of(request)
-    submission = await service.submit(
+    predictions = usecases_of(request).predictions
+    submission = await predictions.submit(
         principal,
         SubmitRequest(
             model=model,
@@ -312,7 +316,7 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     )
     prediction = submission.prediction
     if wait:
-        prediction = await service.wait(prediction, deployment_of(request).settings.await_timeout_s)
+        prediction = await predictions.wait(prediction, deployment_of(request).settings.await_timeout_s)
     headers = {"Location": f"{base}v1/predictions/{prediction.id}"}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -362,7 +366,7 @@ async def list_predictions(request: Request, principal: Principal = Depends(auth
         parsing.iso_datetime(end_name, query.get(end_name), end_of_day=True),
     )
     model = query.get("model") or None
-    result = await service_of(request).list(
+    result = await usecases_of(request).predictions.list(
         principal, page=page, per_page=per_page, model=model, since=since, until=until
     )
     base = base_url_of(request)
@@ -387,7 +391,7 @@ async def list_predictions(request: Request, principal: Principal = Depends(auth
 async def get_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> RenderedJSON:
-    prediction = await service_of(request).get(principal, prediction_id)
+    prediction = await usecases_of(request).predictions.get(principal, prediction_id)
     return _status_response(prediction, request.scope)
 
 
@@ -403,12 +407,12 @@ def _status_response(prediction: Prediction, scope: Scope) -> RenderedJSON:
 async def cancel_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    prediction = await service_of(request).cancel(principal, prediction_id)
+    prediction = await usecases_of(request).predictions.cancel(principal, prediction_id)
     return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
 async def _delete(prediction_id: str, request: Request, principal: Principal) -> JSONResponse:
-    prediction = await service_of(request).delete(principal, prediction_id)
+    prediction = await usecases_of(request).predictions.delete(principal, prediction_id)
     return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
@@ -439,12 +443,12 @@ async def delete_prediction_plain(
 )
 async def list_models(request: Request, _principal: Principal = Depends(authenticated)) -> JSONResponse:
     fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
-    return JSONResponse([model_body(info, fields) for info in service_of(request).models()])
+    return JSONResponse([model_body(info, fields) for info in usecases_of(request).models.list()])
 
 
 async def _model(slug: str, request: Request) -> JSONResponse:
     fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
-    return JSONResponse(model_body(service_of(request).model(slug), fields))
+    return JSONResponse(model_body(usecases_of(request).models.get(slug), fields))
 
 
 @router.get(
@@ -486,9 +490,7 @@ def render_error(request: Request, error: ApiError) -> JSONResponse:
 async def list_webhook_deliveries(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    service = service_of(request)
-    await service.get(principal, prediction_id)
-    deliveries = await service.store.list_deliveries(prediction_id)
+    deliveries = await usecases_of(request).account.deliveries(principal, prediction_id)
     return JSONResponse(
         {
             "data": [
@@ -524,19 +526,22 @@ async def list_webhook_deliveries(
     "/webhooks/secret", summary="The account's webhook signing secrets (newest first)", responses=_errors()
 )
 async def webhook_secret(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
-    secrets = await service_of(request).store.webhook_secrets(principal.account.id)
-    return JSONResponse({"secret": secrets[0], "valid_secrets": secrets})
+    secrets = await usecases_of(request).account.webhook_secrets(principal)
+    return JSONResponse({"secret": secrets.valid[0], "valid_secrets": secrets.valid})
 
 
 @router.post("/webhooks/secret/rotate", summary="Rotate the webhook signing secret", responses=_errors())
 async def rotate_webhook_secret(
     request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    deployment = deployment_of(request)
-    grace = deployment.settings.webhooks.rotation_grace_s
-    await deployment.service.store.rotate_webhook_secret(principal.account.id, grace)
-    secrets = await deployment.service.store.webhook_secrets(principal.account.id)
-    return JSONResponse({"secret": secrets[0], "valid_secrets": secrets, "previous_valid_for_s": grace})
+    secrets = await usecases_of(request).account.rotate_webhook_secret(principal)
+    return JSONResponse(
+        {
+            "secret": secrets.valid[0],
+            "valid_secrets": secrets.valid,
+            "previous_valid_for_s": secrets.previous_valid_for_s,
+        }
+    )
 
 
 KEEPALIVE_S = 15.0
@@ -567,8 +572,8 @@ async def stream_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> StreamingResponse:
     """Each event's id is the prediction's version; reconnecting with Last-Event-ID resumes after it."""
-    service = service_of(request)
-    await service.get(principal, prediction_id)
+    predictions = usecases_of(request).predictions
+    await predictions.get(principal, prediction_id)
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "-1"
     try:
         last_sent = int(raw_last)
@@ -580,26 +585,16 @@ async def stream_prediction(
 
     async def events() -> AsyncIterator[bytes]:
         sent = last_sent
-        subscription = service.notifier.subscribe(prediction_id)
-        try:
-            current = await service.get(principal, prediction_id)  # after subscribing: nothing missed
-            while True:
-                if current.version > sent:
-                    for frame in _frames(current, base):
-                        yield frame
-                    sent = current.version
-                if current.terminal:
-                    return
-                update = await subscription.next(KEEPALIVE_S)
-                if update is None:
+        async with aclosing(predictions.follow(principal, prediction_id, KEEPALIVE_S)) as changes:
+            async for current in changes:
+                if current is None:
                     if await request.is_disconnected():
                         return
                     yield b": keepalive\n\n"
-                    continue
-                if update.version > current.version:
-                    current = update
-        finally:
-            subscription.close()
+                elif current.version > sent:
+                    for frame in _frames(current, base):
+                        yield frame
+                    sent = current.version
 
     return StreamingResponse(
         events(),
@@ -608,6 +603,17 @@ async def stream_prediction(
     )
 
 
-# Called by RequestContext without FastAPI's routing layers (see api/context.py, FastRoutes).
-FAST_ENDPOINTS = (create_prediction, predict, get_prediction)
-ANSWERS_NOW = {get_prediction: status_answer_now(_status_response)}
+def _webhook_body(prediction: Prediction, base_url: str, event: str) -> dict[str, Any]:
+    return {**prediction_body(prediction, base_url), "event": event}
+
+
+SURFACE = Surface(
+    name="native",
+    router=router,
+    statuses=NATIVE_STATUS,
+    render_error=render_error,
+    webhook_body=_webhook_body,
+    claims=None,  # the errors of every path no other surface claims
+    fast_endpoints=(create_prediction, predict, get_prediction),
+    answers_now={get_prediction: status_answer_now(_status_response)},
+)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,8 +10,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..core.bounded import put_bounded
-from ..core.domain import Prediction
 from ..errors import ApiError
 
 
@@ -21,41 +18,6 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-
-
-class RenderedJSON(Response):
-    """A 200 answer whose JSON is already bytes: the headers are built directly (no header mapping)."""
-
-    media_type = "application/json"
-
-    def __init__(self, body: bytes) -> None:
-        self.status_code = 200
-        self.background = None
-        self.body = body
-        self.raw_headers = [
-            (b"content-length", str(len(body)).encode("latin-1")),
-            (b"content-type", b"application/json"),
-        ]
-
-
-class RenderedBodies:
-    """The JSON of each prediction's latest rendering, reused while the store hands out the same
-    ``Prediction`` object for it: the SQLite store keeps returning one object until the row changes, and a
-    changed row is always a new object. Holding the object itself (compared with ``is``) makes the check
-    exact. Polling clients read the same unchanged prediction many times over."""
-
-    def __init__(self, render: Callable[[Prediction, str], dict[str, Any]], limit: int = 4096) -> None:
-        self._render = render
-        self._limit = limit
-        self._bodies: dict[str, tuple[Prediction, str, bytes]] = {}
-
-    def json(self, prediction: Prediction, base_url: str) -> bytes:
-        found = self._bodies.get(prediction.id)
-        if found is not None and found[0] is prediction and found[1] == base_url:
-            return found[2]
-        body = orjson.dumps(self._render(prediction, base_url), option=orjson.OPT_NON_STR_KEYS)
-        put_bounded(self._bodies, prediction.id, (prediction, base_url, body), self._limit)
-        return body
 
 
 def retry_headers(error: ApiError) -> dict[str, str]:

@@ -22,12 +22,12 @@ from starlette.requests import Request
 
 from ..core.domain import Principal
 from ..errors import ApiError, ErrorId
-from .state import deployment_of, service_of
+from .state import deployment_of, usecases_of
 
 if TYPE_CHECKING:  # only scaled-out deployments keep sessions in Redis
     from redis.asyncio import Redis
 
-    from ..dispatch.redis_keys import RedisKeys
+    from ..core.redis_keys import RedisKeys
 
 COOKIE_NAME = "predictd_console"
 SESSION_TTL_S = 12 * 3600.0
@@ -184,7 +184,7 @@ async def console_principal(request: Request) -> tuple[Principal, ConsoleSession
     if session is None:
         return None
     try:
-        principal = await service_of(request).authenticate_digest(session.key_hash)
+        principal = await usecases_of(request).access.authenticate_digest(session.key_hash)
     except ApiError as exc:
         if exc.error_id is ErrorId.UNAUTHORIZED:
             await sessions.close(token)

@@ -45,7 +45,7 @@ def sources_of(target: Status) -> frozenset[Status]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
-# The status vocabulary of each surface, in one place.
+# The Skytells surface's names of the states, which messages use too (each surface declares its own).
 NATIVE_STATUS: dict[Status, str] = {
     Status.QUEUED: "pending",
     Status.PROCESSING: "processing",
@@ -53,14 +53,6 @@ NATIVE_STATUS: dict[Status, str] = {
     Status.FAILED: "failed",
     Status.CANCELLED: "cancelled",
     Status.TIMED_OUT: "failed",
-}
-FASHN_STATUS: dict[Status, str] = {
-    Status.QUEUED: "in_queue",
-    Status.PROCESSING: "processing",
-    Status.SUCCEEDED: "completed",
-    Status.FAILED: "failed",
-    Status.CANCELLED: "canceled",
-    Status.TIMED_OUT: "time_out",
 }
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..limits.gcra import RateDecision
 from .domain import (
     Account,
     ApiKey,
@@ -228,6 +228,31 @@ class Notifier(Protocol):
 class Subscription(Protocol):
     async def next(self, timeout: float) -> Prediction | None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float  # until the bucket is full again
+    retry_after_s: float  # 0 when allowed
+    window_s: float
+
+    def headers(self) -> dict[str, str]:
+        reset = max(0, math.ceil(self.reset_s))
+        window = f"{self.window_s:g}"
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(reset),
+            "RateLimit-Policy": f'"account";q={self.limit};w={window}',
+            "RateLimit": f'"account";r={self.remaining};t={reset}',
+        }
+
+
+class LimitsUnavailable(Exception):
+    """The shared store of limits cannot be reached (Redis down): callers let the request through."""
 
 
 class Limits(Protocol):

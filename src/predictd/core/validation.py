@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from ..errors import ApiError, ErrorId
-from ..runtime.types import MEDIA_KEY, MODERATE_KEY, fields_marked
+from .schema_marks import MEDIA_KEY, MODERATE_KEY, fields_marked
 
 MAX_REPORTED = 10
 

@@ -17,6 +17,7 @@ from ..core.background import cancel_and_wait
 from ..core.domain import Plan, utcnow
 from ..core.ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
 from ..dispatch.local import LocalBroker, LocalNotifier
+from ..limits import MemoryLimits
 from ..media import MediaLimits
 from ..outputs import LocalOutputs
 from ..runtime.executor import Executor
@@ -26,13 +27,21 @@ from ..safety.security import SecurityScreen
 from ..safety.text import TextModerator, TextPolicy
 from ..store import SqlStore, open_store
 from ..telemetry.metrics import Metrics
-from ..usecases.service import Policy, Service
+from ..usecases import UseCases
+from ..usecases.access import Access
+from ..usecases.account import OwnAccount
+from ..usecases.administration import Administration
+from ..usecases.admission import Admission
+from ..usecases.catalog import Models
+from ..usecases.policy import Policy
+from ..usecases.predictions import Predictions
+from ..usecases.recovery import Recovery
 from ..webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
 
 if TYPE_CHECKING:  # Redis is imported by scaled-out processes only
     from redis.asyncio import Redis
 
-    from ..dispatch.redis_keys import RedisKeys
+    from ..core.redis_keys import RedisKeys
 
 log = structlog.get_logger("predictd")
 
@@ -44,8 +53,7 @@ class Deployment:
     """What the HTTP layer runs on, whichever mode assembled it."""
 
     settings: Settings
-    store: SqlStore
-    service: Service
+    usecases: UseCases
     metrics: Metrics
     outputs: LocalOutputs
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -157,7 +165,7 @@ async def open_deployment_store(settings: Settings) -> SqlStore:
     )
 
 
-def build_service(
+def build_usecases(
     settings: Settings,
     store: SqlStore,
     broker: Broker,
@@ -166,21 +174,40 @@ def build_service(
     outputs: LocalOutputs,
     planner: Planner,
     limits: Limits | None = None,
-) -> Service:
-    return Service(
+) -> tuple[UseCases, Recovery]:
+    rules = policy(settings)
+    limits = limits or MemoryLimits()
+    models = Models(catalog)
+    admission = Admission(
+        models, store, rules, security=security_screen(settings), text_moderator=text_moderator(settings)
+    )
+    predictions = Predictions(
         store,
+        admission,
         broker,
         notifier,
-        catalog,
-        max_attempts=settings.max_attempts,
-        policy=policy(settings),
-        text_moderator=text_moderator(settings),
+        limits,
         outputs=outputs,
         deliveries=planner,
         idempotency_ttl_s=settings.idempotency_ttl_s,
-        security=security_screen(settings),
-        limits=limits,
     )
+    usecases = UseCases(
+        access=Access(store, limits, rules),
+        models=models,
+        predictions=predictions,
+        account=OwnAccount(store, store, predictions, rotation_grace_s=settings.webhooks.rotation_grace_s),
+        administration=Administration(store),
+    )
+    recovery = Recovery(
+        store,
+        predictions,
+        catalog,
+        broker,
+        notifier,
+        max_attempts=settings.max_attempts,
+        deliveries=planner,
+    )
+    return usecases, recovery
 
 
 def build_supervisor(
@@ -221,15 +248,15 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
     supervisor = build_supervisor(settings, models, broker, executor, outputs)
     for model in models:
         watch_model(metrics, supervisor, model.slug, partial(broker.backlog, model.slug))
-    service = build_service(settings, store, broker, notifier, supervisor, outputs, planner)
+    usecases, recovery = build_usecases(settings, store, broker, notifier, supervisor, outputs, planner)
     try:
         await supervisor.start()
-        await service.recover()
+        await recovery.recover()
     except BaseException:
         await supervisor.close(0)
         await store.close()
         raise
-    deployment = Deployment(settings, store, service, metrics, outputs)
+    deployment = Deployment(settings, usecases, metrics, outputs)
     deployment.closers += [store.close, partial(supervisor.close, settings.shutdown_grace_s)]
     deployment.tasks.append(asyncio.create_task(expire_data(outputs, store, settings), name="expire"))
     deployment.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="webhooks"))

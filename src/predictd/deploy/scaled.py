@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from ..config.settings import Settings
 from ..core.background import Background, cancel_and_wait
-from ..dispatch.redis_keys import RedisKeys, connect
+from ..core.redis_keys import RedisKeys
 from ..dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
 from ..dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
 from ..dispatch.sweeper import Sweeper
@@ -27,8 +27,8 @@ from ..telemetry.metrics import Metrics
 from ..webhooks import Planner, Renderer
 from .embedded import (
     Deployment,
-    build_service,
     build_supervisor,
+    build_usecases,
     expire_data,
     open_deployment_store,
     watch_model,
@@ -46,6 +46,20 @@ def _redis(settings: Settings) -> tuple[Redis, RedisKeys]:
     return connect(settings.redis_url), RedisKeys(settings.redis_prefix)
 
 
+def connect(url: str) -> Redis:
+    # An answer is awaited at most 5 s (redis-py's default, stated here): a Redis that hangs fails requests
+    # instead of hanging them. Blocking reads stay under it (XREADGROUP blocks 2 s; pub/sub polls pass their
+    # own timeout). Every loop that uses the connection retries with backoff.
+    return Redis.from_url(
+        url,
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+
+
 async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
     """A stateless API process of a scaled-out deployment: state in the SQL store (PostgreSQL), dispatch,
     limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
@@ -61,7 +75,7 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     limits = RedisLimits(redis, keys)
     for model in settings.all_models:
         watch_model(metrics, catalog, model.slug)
-    service = build_service(settings, store, broker, notifier, catalog, outputs, planner, limits)
+    usecases, _ = build_usecases(settings, store, broker, notifier, catalog, outputs, planner, limits)
     sweeper = Sweeper(
         redis,
         keys,
@@ -79,7 +93,7 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     except (RedisError, OSError) as exc:
         log.warning("Redis unreachable at start; serving from the store until it is back", error=repr(exc))
     notifier.start()
-    deployment = Deployment(settings, store, service, metrics, outputs)
+    deployment = Deployment(settings, usecases, metrics, outputs)
     deployment.live_workers = lambda: len(catalog.workers)
     deployment.redis = (redis, keys)
     deployment.closers += [store.close, redis.aclose, notifier.close]

@@ -29,8 +29,8 @@ from redis.exceptions import RedisError, ResponseError
 from ..core.background import Background, cancel_and_wait
 from ..core.domain import Prediction
 from ..core.ports import CancelHandler, Job, Store
+from ..core.redis_keys import CONSUMER_GROUP, RedisKeys
 from .local import LocalNotifier, _LocalSubscription
-from .redis_keys import CONSUMER_GROUP, RedisKeys
 
 log = structlog.get_logger("predictd.dispatch")
 

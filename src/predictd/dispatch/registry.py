@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from ..config.settings import ModelConfig
 from ..core.domain import ModelInfo
-from .redis_keys import RedisKeys
+from ..core.redis_keys import RedisKeys
 
 log = structlog.get_logger("predictd.dispatch")
 

@@ -21,10 +21,10 @@ from redis.exceptions import RedisError
 
 from ..core.domain import Prediction, Status, utcnow
 from ..core.ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, Store
+from ..core.redis_keys import RedisKeys
 from ..errors import UNAVAILABLE_ERROR
 from ..runtime.executor import failure_changes
 from ..runtime.process import unavailable_failure
-from .redis_keys import RedisKeys
 from .redis_streams import RedisBroker
 
 log = structlog.get_logger("predictd.sweeper")

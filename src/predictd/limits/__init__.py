@@ -1,14 +1,7 @@
 """Rate limits (GCRA) and concurrency limits (in-flight predictions), per account: in this process
 (embedded mode) or in Redis (scaled out, ``limits.redis``)."""
 
-from .gcra import RateDecision, gcra
-from .memory import LimitsUnavailable, MemoryConcurrency, MemoryLimits, MemoryRateLimiter
+from .gcra import gcra
+from .memory import MemoryConcurrency, MemoryLimits, MemoryRateLimiter
 
-__all__ = [
-    "LimitsUnavailable",
-    "MemoryConcurrency",
-    "MemoryLimits",
-    "MemoryRateLimiter",
-    "RateDecision",
-    "gcra",
-]
+__all__ = ["MemoryConcurrency", "MemoryLimits", "MemoryRateLimiter", "gcra"]

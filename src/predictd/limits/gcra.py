@@ -5,28 +5,8 @@ same arithmetic runs in a Redis script for the scaled-out mode."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_s: float  # until the bucket is full again
-    retry_after_s: float  # 0 when allowed
-    window_s: float
-
-    def headers(self) -> dict[str, str]:
-        reset = max(0, math.ceil(self.reset_s))
-        window = f"{self.window_s:g}"
-        return {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(reset),
-            "RateLimit-Policy": f'"account";q={self.limit};w={window}',
-            "RateLimit": f'"account";r={self.remaining};t={reset}',
-        }
+from ..core.ports import RateDecision
 
 
 def gcra(tat: float, now: float, limit: int, window_s: float) -> tuple[float, RateDecision]:

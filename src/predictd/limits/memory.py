@@ -5,11 +5,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from .gcra import RateDecision, gcra
-
-
-class LimitsUnavailable(Exception):
-    """The shared store of limits cannot be reached (Redis down): callers let the request through."""
+from ..core.ports import RateDecision
+from .gcra import gcra
 
 
 class MemoryRateLimiter:

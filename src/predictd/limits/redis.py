@@ -10,9 +10,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..dispatch.redis_keys import RedisKeys
-from .gcra import RateDecision
-from .memory import LimitsUnavailable
+from ..core.ports import LimitsUnavailable, RateDecision
+from ..core.redis_keys import RedisKeys
 
 # KEYS: one per limit; ARGV: limit_1, window_1, limit_2, window_2, ...
 # Returns per key: allowed (0/1), remaining, reset_s, retry_after_s (the floats as strings).

@@ -13,16 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..core.schema_marks import MEDIA_KEY, MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64, fields_marked
 from ..errors import ContentModerationError, PipelineError
 from ..outputs import LocalOutputs
-from .types import (
-    MEDIA_KEY,
-    MODERATION_LEVEL,
-    OUTPUT_FORMAT,
-    RETURN_BASE64,
-    fields_marked,
-    loaded_image_class,
-)
+from .types import loaded_image_class
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -21,7 +21,7 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 from pydantic.fields import FieldInfo
 
-from .types import MEDIA_KEY, MODERATE_KEY, fields_marked, runtime_options, schema_mentions
+from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY, fields_marked, runtime_options, schema_mentions
 
 
 class BasePredictor:

@@ -1,15 +1,13 @@
-"""Every Redis key and channel the scaled-out mode uses, named in one place, and the connection factory.
+"""Every Redis key and channel the scaled-out mode uses, named in one place.
 
 All keys start with the deployment's prefix, so several deployments (or test runs) can share one Redis.
 Redis is only a dispatcher and a cache of counters: losing all of it loses no accepted work (see
-dispatch/sweeper.py).
+dispatch/sweeper.py). The connection itself is made by the composition root (deploy/scaled.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
 
 CONSUMER_GROUP = "workers"
 
@@ -60,17 +58,3 @@ class RedisKeys:
 
     def session(self, token_digest: str) -> str:
         return f"{self.prefix}:session:{token_digest}"
-
-
-def connect(url: str) -> Redis:
-    # An answer is awaited at most 5 s (redis-py's default, stated here): a Redis that hangs fails requests
-    # instead of hanging them. Blocking reads stay under it (XREADGROUP blocks 2 s; pub/sub polls pass their
-    # own timeout). Every loop that uses the connection retries with backoff.
-    return Redis.from_url(
-        url,
-        socket_timeout=5.0,
-        socket_connect_timeout=5.0,
-        socket_keepalive=True,
-        health_check_interval=15,
-        decode_responses=True,
-    )
