@@ -364,3 +364,19 @@ def test_ledger_balances_after_concurrent_mixed_load(
     assert totals["reserve"] == pytest.approx(totals["release"]) == pytest.approx(40.0)
     assert totals["reserved"] == 0
     assert totals["grant"] == 1000
+
+
+def test_region_block_holds_behind_a_trusted_proxy_that_forwards_another_hop(
+    billing_server: Server, operator: Operator
+) -> None:
+    """The test server's peer is 127.0.0.1, a trusted proxy: a forwarded chain naming the client's own
+    address must not move the caller out of the trusted set (uvicorn used to rewrite the peer from
+    X-Forwarded-For and the region header was then ignored: the block failed open)."""
+    native, fashn = clients(billing_server, operator.account("regions-forwarded"))
+    chain = {"x-client-region": "XX", "x-forwarded-for": "198.51.100.7, 203.0.113.9"}
+    refused = native.post("/v1/predictions", json={"model": "tryon", "input": {"text": "x"}}, headers=chain)
+    assert_error(refused, ErrorId.LEGAL_REASONS, "region 'XX'")
+    assert_fashn_error(
+        fashn.post("/v1/run", json={"model_name": "tryon", "inputs": {"text": "x"}}, headers=chain),
+        ErrorId.LEGAL_REASONS,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -42,18 +43,52 @@ RATE_HEADERS_STATE = "rate_headers"
 
 
 def caller_region(request: Request) -> str | None:
-    """The caller's region, read only from a header set by a proxy the operator trusts."""
+    """The caller's region, read only from a header set by a proxy the operator trusts: the peer of the
+    connection itself must be one (uvicorn is told not to rewrite the peer from X-Forwarded-For, so that a
+    client's own forwarding header cannot move it out of, or into, the trusted set)."""
     legal = deployment_of(request).settings.legal
-    if not legal.trusted_proxies or request.client is None:
-        return None
-    try:
-        peer = ipaddress.ip_address(request.client.host)
-    except ValueError:
-        return None
-    if not any(peer in ipaddress.ip_network(cidr, strict=False) for cidr in legal.trusted_proxies):
+    trusted = _networks(tuple(legal.trusted_proxies))
+    if not trusted or request.client is None or not _within(request.client.host, trusted):
         return None
     region = request.headers.get(legal.region_header, "").strip()
     return region or None
+
+
+def client_address(request: Request) -> str | None:
+    """The address of whoever sent the request: the connection's peer, or, when that peer is a proxy the
+    operator trusts, the right-most address of ``X-Forwarded-For`` that is not a trusted proxy itself.
+    Entries left of it were written by the client, and prove nothing."""
+    if request.client is None:
+        return None
+    trusted = _networks(tuple(deployment_of(request).settings.legal.trusted_proxies))
+    return forwarded_client(request.client.host, request.headers.getlist("x-forwarded-for"), trusted)
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def forwarded_client(peer: str, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> str:
+    """The right-most untrusted hop of the chain ``forwarded_for`` (every header line, in order) then
+    ``peer``; the left-most hop when every one is trusted."""
+    hops = [hop.strip() for line in forwarded_for for hop in line.split(",") if hop.strip()]
+    hops.append(peer)
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop
+    return hops[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # not an address (a name, garbage): never a trusted proxy
+    return any(ip in network for network in networks)
 
 
 # Methods that change nothing. Only these accept the web console's session cookie in place of a key, so a

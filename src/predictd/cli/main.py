@@ -172,6 +172,10 @@ def serve(
         http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
+        # Who forwarded a request, and what a forwarding header may be believed about, is decided in one
+        # place from [legal] trusted_proxies (api/auth.py); uvicorn would otherwise rewrite the peer from
+        # X-Forwarded-For for 127.0.0.1 on its own.
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )

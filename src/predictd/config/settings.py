@@ -6,6 +6,7 @@ then defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -196,7 +197,21 @@ class LegalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     region_header: str = Field(default="x-client-region", description="Set by the trusted proxy.")
-    trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose region header is read.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of the proxies in front of predictd: only a connection from one of them has its "
+        "region header read, and its X-Forwarded-For followed to the right-most address outside them.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+        return cidrs
 
 
 class ModerationSettings(BaseModel):
