@@ -59,7 +59,7 @@ def test_stream_follows_a_prediction_to_its_end(client: httpx.Client) -> None:
     statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
     assert statuses[-1] == "processing"
     ids = [int(e["id"]) for e in events]
-    assert ids == sorted(ids)
+    assert ids == sorted(set(ids)), "every event has its own id, increasing"
     assert events[-1]["data"]["status"] == "succeeded"
     assert events[-1]["data"]["output"] == "slept 600 ms"
 
@@ -84,6 +84,17 @@ def test_stream_resumes_after_last_event_id_without_loss(client: httpx.Client) -
     assert resumed[-1]["data"]["status"] == "succeeded"
     # Reconnecting after the end with the last id gets nothing more, and the stream closes.
     assert read_events(client, prediction["id"], last_event_id=resumed[-1]["id"]) == []
+
+
+def test_a_resume_after_the_output_event_still_gets_done(client: httpx.Client) -> None:
+    """``output`` and ``done`` are two events with two ids: a client that read ``output`` and reconnects
+    with its id gets ``done`` (once both carried the same id, and that reconnect got an empty stream)."""
+    finished = submit(client, "echo", {"text": "x"}, wait=True)
+    events = read_events(client, finished["id"])
+    assert [e["event"] for e in events] == ["output", "done"]
+    resumed = read_events(client, finished["id"], last_event_id=events[0]["id"])
+    assert [(e["event"], e["id"]) for e in resumed] == [("done", events[1]["id"])]
+    assert resumed[0]["data"]["status"] == "succeeded"
 
 
 def test_stream_of_a_finished_prediction_and_of_a_cancelled_one(client: httpx.Client) -> None:

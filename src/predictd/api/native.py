@@ -547,16 +547,24 @@ async def rotate_webhook_secret(
 KEEPALIVE_S = 15.0
 
 
-def _frame(event: str, prediction: Prediction, base_url: str) -> bytes:
+def _frame(event_id: int, event: str, prediction: Prediction, base_url: str) -> bytes:
     data = orjson.dumps(prediction_body(prediction, base_url)).decode()
-    return f"id: {prediction.version}\nevent: {event}\ndata: {data}\n\n".encode()
+    return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n".encode()
 
 
-def _frames(prediction: Prediction, base_url: str) -> list[bytes]:
+def _frames(prediction: Prediction, base_url: str, after: int) -> list[tuple[int, bytes]]:
+    """The events of the prediction's state, each with its own id, those after event id ``after`` only.
+
+    Every version of a prediction has two ids: ``2 * version`` for its ``status`` (or, at the end, its
+    ``output``) and ``2 * version + 1`` for ``done``, so a client that reconnects with the id of the
+    ``output`` it read still gets the ``done`` after it."""
+    first = 2 * prediction.version
     if not prediction.terminal:
-        return [_frame("status", prediction, base_url)]
-    frames = [_frame("output", prediction, base_url)] if prediction.output is not None else []
-    return [*frames, _frame("done", prediction, base_url)]
+        events = [(first, "status")]
+    else:
+        events = [(first, "output")] if prediction.output is not None else []
+        events.append((first + 1, "done"))
+    return [(i, _frame(i, event, prediction, base_url)) for i, event in events if i > after]
 
 
 @router.get(
@@ -571,7 +579,7 @@ def _frames(prediction: Prediction, base_url: str) -> list[bytes]:
 async def stream_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> StreamingResponse:
-    """Each event's id is the prediction's version; reconnecting with Last-Event-ID resumes after it."""
+    """Every event has its own id, increasing; reconnecting with Last-Event-ID resumes after it."""
     predictions = usecases_of(request).predictions
     await predictions.get(principal, prediction_id)
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "-1"
@@ -591,10 +599,10 @@ async def stream_prediction(
                     if await request.is_disconnected():
                         return
                     yield b": keepalive\n\n"
-                elif current.version > sent:
-                    for frame in _frames(current, base):
+                else:
+                    for event_id, frame in _frames(current, base, sent):
                         yield frame
-                    sent = current.version
+                        sent = event_id
 
     return StreamingResponse(
         events(),
