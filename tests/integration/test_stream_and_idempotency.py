@@ -14,7 +14,7 @@ import pytest
 
 from predictd.errors import ErrorId
 
-from ..conftest import Server
+from ..conftest import Server, revoke_key_of
 from .test_native_api import assert_error, submit
 
 
@@ -110,6 +110,29 @@ def test_stream_of_a_finished_prediction_and_of_a_cancelled_one(client: httpx.Cl
     assert results, "the stream did not end when the prediction was cancelled"
     assert results[0][-1]["event"] == "done"
     assert results[0][-1]["data"]["status"] == "cancelled"
+
+
+def test_a_stream_ends_when_its_key_is_revoked(server: Server) -> None:
+    """An open stream is not a way around a revocation: no event is delivered after it, and the stream
+    ends with an ``error`` event carrying the refusal a request would get."""
+    key = server.key()
+    with server.client(key) as client:
+        running = submit(client, "sleep", {"ms": 3000})
+        seen: list[dict[str, str]] = []
+        with client.stream("GET", f"/v1/predictions/{running['id']}/stream", timeout=30) as response:
+            frame: dict[str, str] = {}
+            for line in response.iter_lines():
+                if line == "" and frame:
+                    seen.append(frame)
+                    if len(seen) == 1:  # the state at connection time: now revoke, mid-stream
+                        server.with_store(lambda store: revoke_key_of(store, key))
+                    frame = {}
+                elif line and not line.startswith(":"):
+                    name, _, value = line.partition(": ")
+                    frame[name] = value
+        assert [f["event"] for f in seen[1:]] == ["error"], seen
+        assert json.loads(seen[-1]["data"])["error_id"] == ErrorId.UNAUTHORIZED.value
+        assert "done" not in {f["event"] for f in seen}
 
 
 def test_stream_is_tenant_isolated(server: Server, client: httpx.Client) -> None:

@@ -165,26 +165,27 @@ def model_body(info: ModelInfo, fields: frozenset[str]) -> dict[str, Any]:
     return body
 
 
-def error_response(error: ApiError, request_id: str) -> JSONResponse:
+def error_body(error: ApiError, request_id: str) -> dict[str, Any]:
     spec = error.spec
     wire_id = spec.wire_error_id.value
-    details = error.details or spec.meaning
-    return JSONResponse(
-        {
+    return {
+        "error_id": wire_id,
+        "message": error.message,
+        "retryable": spec.retryable,
+        "request_id": request_id,
+        "error": {
             "error_id": wire_id,
             "message": error.message,
+            "details": error.details or spec.meaning,
+            "http_status": spec.http_status,
             "retryable": spec.retryable,
-            "request_id": request_id,
-            "error": {
-                "error_id": wire_id,
-                "message": error.message,
-                "details": details,
-                "http_status": spec.http_status,
-                "retryable": spec.retryable,
-            },
         },
-        status_code=spec.http_status,
-        headers=retry_headers(error),
+    }
+
+
+def error_response(error: ApiError, request_id: str) -> JSONResponse:
+    return JSONResponse(
+        error_body(error, request_id), status_code=error.spec.http_status, headers=retry_headers(error)
     )
 
 
@@ -552,6 +553,12 @@ def _frame(event_id: int, event: str, prediction: Prediction, base_url: str) -> 
     return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n".encode()
 
 
+def _error_frame(error: ApiError, request_id: str) -> bytes:
+    """The last event of a stream its caller may no longer read: the error body a request would get."""
+    data = orjson.dumps(error_body(error, request_id)).decode()
+    return f"event: error\ndata: {data}\n\n".encode()
+
+
 def _frames(prediction: Prediction, base_url: str, after: int) -> list[tuple[int, bytes]]:
     """The events of the prediction's state, each with its own id, those after event id ``after`` only.
 
@@ -579,8 +586,11 @@ def _frames(prediction: Prediction, base_url: str, after: int) -> list[tuple[int
 async def stream_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> StreamingResponse:
-    """Every event has its own id, increasing; reconnecting with Last-Event-ID resumes after it."""
-    predictions = usecases_of(request).predictions
+    """Every event has its own id, increasing; reconnecting with Last-Event-ID resumes after it. The
+    caller's key is checked again before each event and keepalive: revoking it (or suspending its account)
+    ends the stream with an ``error`` event."""
+    usecases = usecases_of(request)
+    predictions = usecases.predictions
     await predictions.get(principal, prediction_id)
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "-1"
     try:
@@ -595,6 +605,11 @@ async def stream_prediction(
         sent = last_sent
         async with aclosing(predictions.follow(principal, prediction_id, KEEPALIVE_S)) as changes:
             async for current in changes:
+                try:
+                    await usecases.access.recheck(principal)
+                except ApiError as refused:
+                    yield _error_frame(refused, request_id_of(request))
+                    return
                 if current is None:
                     if await request.is_disconnected():
                         return

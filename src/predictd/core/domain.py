@@ -165,6 +165,7 @@ class Principal:
     account: Account
     key_id: str
     plan: Plan = field(default_factory=lambda: Plan("default"))
+    key_hash: str = field(default="", repr=False)  # the key's SHA-256 digest, to check it again later
 
 
 @dataclass(slots=True)

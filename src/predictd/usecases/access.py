@@ -58,12 +58,17 @@ class Access:
             reason = f" ({account.status_reason})" if account.status_reason else ""
             raise ApiError(ErrorId.ACCOUNT_SUSPENDED, f"Account {account.name!r} is suspended{reason}.")
         plan = await self.plan_of(account)
-        principal = Principal(account=account, key_id=api_key.id, plan=plan)
+        principal = Principal(account=account, key_id=api_key.id, plan=plan, key_hash=key_hash)
         if (plan is account.plan_details or plan is self._policy.plan) and (
             self._accounts.remembered_key(key_hash) is found  # a store that reads every time: nothing to keep
         ):
             self._remember(key_hash, found, principal)
         return principal
+
+    async def recheck(self, principal: Principal) -> Principal:
+        """``principal`` as its key stands now: raises as ``authenticate`` would once the key is revoked or
+        its account suspended (for what outlives one request: a stream, a console session)."""
+        return await self.authenticate_digest(principal.key_hash)
 
     def principal_now(self, secret: str) -> Principal | None:
         """The principal ``authenticate(secret)`` gave before, when nothing it was built from can have
