@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any
@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 
 from . import _base
-from ._base import Page, Prediction, ServerSentEvent
-from ._client import PredictionRef, _stream_missing, prediction_id
+from ._base import OnUpdate, Page, Prediction, PredictionRef, ServerSentEvent, prediction_id
 from .errors import (
     APIConnectionError,
     APIError,
@@ -21,8 +20,6 @@ from .errors import (
     PredictionTimeout,
     error_from_response,
 )
-
-OnUpdate = Callable[[Prediction], None]
 
 
 class AsyncClient:
@@ -314,7 +311,7 @@ class AsyncPredictions:
                         break
                 client._stream_supported = True
             except APIError as exc:
-                if _stream_missing(exc):
+                if _base.stream_missing(exc):
                     client._stream_supported = False
             except APIConnectionError:
                 pass  # fall back to polling

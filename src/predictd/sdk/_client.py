@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from . import _base
-from ._base import Page, Prediction, ServerSentEvent
+from ._base import OnUpdate, Page, Prediction, PredictionRef, ServerSentEvent, prediction_id
 from .errors import (
     APIConnectionError,
     APIError,
@@ -19,18 +19,6 @@ from .errors import (
     PredictionTimeout,
     error_from_response,
 )
-
-OnUpdate = Callable[[Prediction], None]
-PredictionRef = str | Mapping[str, Any]
-
-
-def prediction_id(ref: PredictionRef) -> str:
-    if isinstance(ref, str):
-        return ref
-    value = ref.get("id")
-    if not isinstance(value, str):
-        raise ValueError("the prediction has no 'id'")
-    return value
 
 
 class Client:
@@ -332,7 +320,7 @@ class Predictions:
                         break
                 client._stream_supported = True
             except APIError as exc:
-                if _stream_missing(exc):
+                if _base.stream_missing(exc):
                     client._stream_supported = False
             except APIConnectionError:
                 pass  # fall back to polling
@@ -358,11 +346,6 @@ class Predictions:
             if _base.is_terminal(current):
                 return current
         raise AssertionError("unreachable")
-
-
-def _stream_missing(error: APIError) -> bool:
-    """The server has no stream endpoint (as opposed to: the prediction is unknown)."""
-    return error.error_id in ("NOT_FOUND", "NotFound", "NOT_AN_EVENT_STREAM") or error.status in (405, 501)
 
 
 class Models:
