@@ -1,27 +1,23 @@
-"""The synchronous client: ``predictd.Client``."""
+"""The synchronous client, ``predictd.Client``: performs the core's plans with ``httpx.Client``."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
-from datetime import date, datetime
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack
+from typing import Any, Never, ParamSpec, Self, TypeVar
 
 import httpx
 
-from . import _base
-from ._base import OnUpdate, Page, Prediction, PredictionRef, ServerSentEvent, prediction_id
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    PredictionTimeout,
-    error_from_response,
-)
+from ._effects import IO, Close, Emit, Emits, NextLine, Plan, Read, Send, Sleep, Steps
+from ._surface import BaseClient, BaseModels, BasePredictions, SyncAPI
+
+P = ParamSpec("P")
+R = TypeVar("R")
+E = TypeVar("E")
 
 
-class Client:
+class Client(BaseClient[httpx.Client], SyncAPI):
     """A predictd client.
 
     ``api_key`` defaults to ``$PREDICTD_API_KEY``, ``base_url`` to ``$PREDICTD_BASE_URL`` or
@@ -29,335 +25,75 @@ class Client:
     with exponential backoff and full jitter (or after the server's ``Retry-After``).
     """
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int = _base.DEFAULT_MAX_RETRIES,
-        poll_interval: float = 0.25,
-        max_poll_interval: float = 2.0,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        self._settings = _base.make_settings(
-            api_key, base_url, timeout, max_retries, poll_interval, max_poll_interval, headers
-        )
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self._settings.timeout)
-        self._stream_supported: bool | None = None
-        self.predictions = Predictions(self)
-        self.models = Models(self)
-
-    @property
-    def base_url(self) -> str:
-        return self._settings.base_url
-
-    @property
-    def api_key(self) -> str | None:
-        return self._settings.api_key
-
-    @property
-    def max_retries(self) -> int:
-        return self._settings.max_retries
-
-    @property
-    def timeout(self) -> httpx.Timeout:
-        return self._settings.timeout
-
-    def with_options(
-        self,
-        *,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int | None = None,
-        poll_interval: float | None = None,
-    ) -> Client:
-        """A client with some settings changed, sharing this one's connection pool."""
-        s = self._settings
-        return Client(
-            s.api_key,
-            base_url=s.base_url,
-            timeout=timeout if timeout is not None else s.timeout,
-            max_retries=max_retries if max_retries is not None else s.max_retries,
-            poll_interval=poll_interval if poll_interval is not None else s.poll_interval,
-            max_poll_interval=s.max_poll_interval,
-            headers=s.headers,
-            http_client=self._http,
-        )
-
-    # -- lifecycle -----------------------------------------------------------------------------------------
-
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- top level -----------------------------------------------------------------------------------------
+    def _attach_resources(self) -> None:
+        self.predictions = Predictions(self)
+        self.models = Models(self)
 
-    def run(
-        self,
-        model: str,
-        input: Mapping[str, Any],
-        *,
-        timeout: float | None = None,
-        on_update: OnUpdate | None = None,
-        idempotency_key: str | None = None,
-    ) -> Prediction:
-        """Create a prediction and wait until it ends; return it when it succeeded.
+    # -- the driver: the only I/O --------------------------------------------------------------------------
 
-        Without ``timeout`` the server holds the create (``await: true``) until the prediction ends or its
-        own await limit passes; what is still running then is followed over the stream endpoint when the
-        server offers one, else by polling. With ``timeout`` the create returns at once and the wait is
-        bounded by it. Raises PredictionFailed, PredictionCancelled, PredictionTimeout or an APIError.
-        """
-        prediction = self.predictions.create(
-            model, input, wait=timeout is None, idempotency_key=idempotency_key
-        )
-        if on_update is not None:
-            on_update(prediction)
-        if not _base.is_terminal(prediction):
-            prediction = self.predictions.wait(prediction, timeout=timeout, on_update=on_update)
-        return _base.ensure_succeeded(prediction)
+    def _open_pool(self, timeout: httpx.Timeout) -> httpx.Client:
+        return httpx.Client(timeout=timeout)
 
-    def account(self) -> dict[str, Any]:
-        """``GET /v1/account``: the key's account."""
-        return dict(self._json("GET", "/v1/account"))
+    def _bind(self, plan: Callable[P, Plan[R]]) -> Callable[P, R]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            steps: Steps[Never, R] = Steps(plan(*args, **kwargs))
+            for _ in self._perform(steps):
+                pass  # a plan with a result hands nothing out
+            return steps.result
 
-    def credits(self) -> dict[str, Any]:
-        """``GET /v1/credits``: the account's credit balance."""
-        return dict(self._json("GET", "/v1/credits"))
+        return call
 
-    # -- transport -----------------------------------------------------------------------------------------
+    def _bind_iter(self, plan: Callable[P, Emits[E]]) -> Callable[P, Generator[E, None, None]]:
+        def each(*args: P.args, **kwargs: P.kwargs) -> Generator[E, None, None]:
+            return self._perform(Steps(plan(*args, **kwargs)))
 
-    def _url(self, path: str) -> str:
-        return f"{self._settings.base_url}{path}"
+        return each
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> httpx.Response:
-        headers = self._settings.request_headers
-        content: bytes | None = None
-        if body is not None:
-            content = _base.encode_json(body)
-            headers["Content-Type"] = "application/json"
-        if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key
-        attempt = 0
-        while True:
-            response: httpx.Response | None = None
-            try:
-                response = self._http.request(
-                    method,
-                    self._url(path),
-                    content=content,
-                    params=params,
-                    headers=headers,
-                    timeout=self._settings.timeout,
-                )
-            except httpx.TransportError as exc:
-                if attempt >= self._settings.max_retries:
-                    kind = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-                    raise kind(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-            else:
-                if response.is_success:
+    def _perform(self, steps: Steps[E, Any]) -> Generator[E, None, None]:
+        """Performs each effect the plan asks for, handing out what it emits; closes what it left open."""
+        with ExitStack() as opened:
+            lines: dict[httpx.Response, Iterator[str]] = {}
+            for effect in steps:
+                if isinstance(effect, Emit):
+                    yield effect.value
+                else:
+                    steps.answer = self._do(effect, opened, lines)
+
+    def _do(self, effect: IO, opened: ExitStack, lines: dict[httpx.Response, Iterator[str]]) -> object:
+        try:
+            match effect:
+                case Send(request, stream):
+                    response = self._http.send(request.build(self._http), stream=stream)
+                    if stream:
+                        opened.callback(response.close)
+                        lines[response] = response.iter_lines()
                     return response
-                if attempt >= self._settings.max_retries or not _base.should_retry(response):
-                    raise error_from_response(response)
-            time.sleep(_base.retry_delay(attempt, response))
-            attempt += 1
+                case Read(response):
+                    response.read()
+                case NextLine(response):
+                    return next(lines[response], None)
+                case Close(response):
+                    response.close()
+                case Sleep(seconds):
+                    time.sleep(seconds)
+        except httpx.TransportError as exc:
+            return exc
+        return None
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _base.decode_json(self._request(method, path, **kwargs))
 
-
-class Predictions:
+class Predictions(BasePredictions, SyncAPI):
     """``client.predictions``."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
 
-    def create(
-        self,
-        model: str,
-        input: Mapping[str, Any],
-        *,
-        wait: bool = False,
-        stream: bool | None = None,
-        webhook: Mapping[str, Any] | str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Prediction:
-        """``POST /v1/predictions``. ``wait=True`` sends ``await: true``. Every create carries an
-        ``Idempotency-Key`` (a new UUID unless given), the same on each of its retries."""
-        return dict(
-            self._client._json(
-                "POST",
-                "/v1/predictions",
-                body=_base.create_body(model, input, wait, stream, webhook),
-                idempotency_key=idempotency_key or _base.new_idempotency_key(),
-            )
-        )
-
-    def get(self, prediction: PredictionRef) -> Prediction:
-        return dict(self._client._json("GET", f"/v1/predictions/{_base.segment(prediction_id(prediction))}"))
-
-    def cancel(self, prediction: PredictionRef) -> Prediction:
-        path = f"/v1/predictions/{_base.segment(prediction_id(prediction))}/cancel"
-        return dict(self._client._json("POST", path))
-
-    def delete(self, prediction: PredictionRef) -> Prediction:
-        """Remove the prediction's inputs and outputs (``data_removed: true``)."""
-        path = f"/v1/predictions/{_base.segment(prediction_id(prediction))}/delete"
-        return dict(self._client._json("DELETE", path))
-
-    def list_page(
-        self,
-        page: int = 1,
-        *,
-        per_page: int | None = None,
-        model: str | None = None,
-        since: str | date | datetime | None = None,
-        until: str | date | datetime | None = None,
-    ) -> Page:
-        params = _base.list_params(page, per_page, model, since, until)
-        return Page.parse(self._client._json("GET", "/v1/predictions", params=params))
-
-    def list(
-        self,
-        *,
-        per_page: int | None = None,
-        model: str | None = None,
-        since: str | date | datetime | None = None,
-        until: str | date | datetime | None = None,
-        page: int = 1,
-    ) -> Iterator[Prediction]:
-        """Every prediction (newest first) across pages, fetching each page as the iteration reaches it."""
-        while True:
-            current = self.list_page(page, per_page=per_page, model=model, since=since, until=until)
-            yield from current.data
-            if not current.has_next:
-                return
-            page = current.current_page + 1
-
-    def stream(
-        self, prediction: PredictionRef, *, timeout: float | None = None
-    ) -> Generator[ServerSentEvent, None, None]:
-        """The events of ``GET /v1/predictions/{id}/stream`` as they arrive. Raises the APIError the
-        server answers (NotFoundError with error_id NOT_FOUND from a server without the endpoint)."""
-        client = self._client
-        ident = prediction_id(prediction)
-        path = f"/v1/predictions/{_base.segment(ident)}/stream"
-        headers = {**client._settings.request_headers, "Accept": "text/event-stream"}
-        request_timeout = client._settings.timeout if timeout is None else httpx.Timeout(timeout)
-        try:
-            with client._http.stream("GET", client._url(path), headers=headers, timeout=request_timeout) as r:
-                if not r.is_success:
-                    r.read()
-                    raise error_from_response(r)
-                if not _base.is_event_stream(r):
-                    raise APIError(
-                        f"GET {path} answered {r.headers.get('content-type')!r}, not an event stream",
-                        status=r.status_code,
-                        error_id="NOT_AN_EVENT_STREAM",
-                        headers=dict(r.headers.items()),
-                    )
-                decoder = _base.SSEDecoder()
-                for line in r.iter_lines():
-                    event = decoder.feed(line)
-                    if event is not None:
-                        yield event
-                last = decoder.feed("")
-                if last is not None:
-                    yield last
-        except httpx.TransportError as exc:
-            kind = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-            raise kind(f"GET {path}: {type(exc).__name__}: {exc}") from exc
-
-    def wait(
-        self,
-        prediction: PredictionRef,
-        *,
-        timeout: float | None = None,
-        on_update: OnUpdate | None = None,
-    ) -> Prediction:
-        """Wait until the prediction ends (succeeded, failed or cancelled) and return it: over the stream
-        endpoint when the server has one, else by polling with backoff. Raises PredictionTimeout."""
-        client = self._client
-        deadline = None if timeout is None else time.monotonic() + timeout
-        current = self.get(prediction) if isinstance(prediction, str) else dict(prediction)
-        ident = prediction_id(current)
-        if _base.is_terminal(current):
-            return current
-        if client._stream_supported is not False:
-            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
-            events = self.stream(ident, timeout=remaining)
-            try:
-                for event in events:
-                    update = event.prediction(ident)
-                    if update is not None:
-                        if on_update is not None and update.get("status") != current.get("status"):
-                            on_update(update)
-                        current = update
-                        if _base.is_terminal(update):
-                            break
-                    if event.ends_stream:
-                        break
-                client._stream_supported = True
-            except APIError as exc:
-                if _base.stream_missing(exc):
-                    client._stream_supported = False
-            except APIConnectionError:
-                pass  # fall back to polling
-            finally:
-                events.close()
-            latest = self.get(ident)
-            if on_update is not None and latest.get("status") != current.get("status"):
-                on_update(latest)
-            current = latest
-            if _base.is_terminal(current):
-                return current
-        for delay in _base.poll_delays(client._settings.poll_interval, client._settings.max_poll_interval):
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PredictionTimeout(current, timeout or 0)
-                delay = min(delay, remaining)
-            time.sleep(delay)
-            latest = self.get(ident)
-            if on_update is not None and latest.get("status") != current.get("status"):
-                on_update(latest)
-            current = latest
-            if _base.is_terminal(current):
-                return current
-        raise AssertionError("unreachable")
-
-
-class Models:
+class Models(BaseModels, SyncAPI):
     """``client.models``."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def list(self, *, fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Every model; ``fields`` may add ``input_schema`` and ``output_schema``."""
-        return list(self._client._json("GET", "/v1/models", params=_base.fields_params(fields)))
-
-    def get(self, slug: str, *, fields: Sequence[str] | None = None) -> dict[str, Any]:
-        path = f"/v1/model/{_base.segment(slug)}"
-        return dict(self._client._json("GET", path, params=_base.fields_params(fields)))
