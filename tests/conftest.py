@@ -197,6 +197,7 @@ class Server:
     with_worker: bool = True  # scaled: start a `predictd worker` with the API process
     companions: list[Server] = field(default_factory=list)  # more API processes, destroyed with this one
     owns_prefix: bool = True  # a companion shares its deployment's Redis keys: the deployment drops them
+    serve_args: tuple[str, ...] = ()  # flags after `serve`, e.g. ("--demo",)
     port_chosen_here: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -283,7 +284,7 @@ class Server:
         raise RuntimeError(f"predictd found every port it was given taken:\n{self.log()}")
 
     def _start(self, timeout: float) -> Server:
-        self.proc = self._spawn(["serve"], self.log_path)
+        self.proc = self._spawn(["serve", *self.serve_args], self.log_path)
         if self.scaled and self.with_worker:
             self.start_worker()
         deadline = time.monotonic() + timeout
@@ -421,6 +422,7 @@ class Server:
             port=self.port,
             backend=self.backend,
             redis_prefix=self.redis_prefix,
+            serve_args=self.serve_args,
             **changes,
         )
         following.owned_database, self.owned_database = self.owned_database, None

@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..config.settings import Settings, load_settings
-from ..core import keys
+from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
 from ..errors import ApiError
 from ..store import SqlStore, open_store
 from ..telemetry.logs import configure as configure_logging
 from ..usecases.administration import Administration
 from .client import predict, predictions_app
+from .demo_key import keep_demo_key, kept_demo_key
 
 T = TypeVar("T")
 
@@ -105,24 +105,15 @@ def _migrate_apart(settings: Settings) -> None:
         raise typer.Exit(1)
 
 
-async def _issue_key(store: SqlStore, account_id: str, label: str) -> str:
-    new = keys.generate_key()
-    await store.create_key(account_id, new.digest, new.prefix, label)
-    return new.secret
-
-
-async def _bootstrap(store: SqlStore, demo: bool) -> str | None:
-    """On first start create the default account and a key; with --demo, replace the demo key each start.
-    Returns a key to print, or None."""
-    account = await store.get_account_by_name(DEFAULT_ACCOUNT)
-    if account is None:
-        if await store.list_accounts():
-            return None  # an operator set up accounts already: leave them alone
-        account = await store.create_account(DEFAULT_ACCOUNT)
-    elif not demo:
-        return None
-    await store.revoke_keys_labelled(account.id, DEMO_LABEL)
-    return await _issue_key(store, account.id, DEMO_LABEL)
+def _try_line(settings: Settings, base: str, secret: str) -> str:
+    """A first request to copy: a prediction of the built-in echo when it is served, else the model list."""
+    echo = next(m for m in BUILTIN_MODELS if m["slug"] == "echo")
+    if any(m.slug == "echo" and m.ref == echo["ref"] for m in settings.all_models):
+        return (
+            f"Try: curl -s {base}/v1/predict -H 'x-api-key: {secret}' -H 'content-type: application/json' "
+            """-d '{"model": "echo", "input": {"text": "hello"}, "await": true}'"""
+        )
+    return f"Try: curl -s {base}/v1/models -H 'x-api-key: {secret}'"
 
 
 @app.command()
@@ -130,7 +121,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (env: PREDICTD_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env: PREDICTD_PORT).")] = None,
     demo: Annotated[
-        bool, typer.Option(help="Issue a fresh demo API key at every start and print it.")
+        bool,
+        typer.Option(
+            help="Print the demo account's API key at every start: the same key while it is not revoked, "
+            "kept in the data folder's demo-key file (mode 0600)."
+        ),
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     database: Annotated[
@@ -153,17 +148,21 @@ def serve(
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
     _migrate_apart(settings)
-    secret = _with_store(settings, lambda store: _bootstrap(store, demo))
+    kept = kept_demo_key(settings.data_dir) if demo else None
+    secret = _with_store(
+        settings,
+        lambda store: Administration(store).startup_key(DEFAULT_ACCOUNT, DEMO_LABEL, demo=demo, kept=kept),
+    )
     base = f"http://{settings.host}:{settings.port}"
     print(f"predictd {__version__} · data in {settings.data_dir.resolve()} · {base}")
     if secret:
         # Plain prints: a wrapped or styled key could not be copied and pasted.
-        print(f"API key for account '{DEFAULT_ACCOUNT}' (shown once, store it): {secret}")
-        print(
-            f"Try: curl -s {base}/v1/predict -H 'x-api-key: {secret}' -H 'content-type: application/json' "
-            """-d '{"model": "echo", "input": {"text": "hello"}, "await": true}'""",
-            flush=True,
-        )
+        if demo:
+            where = keep_demo_key(settings.data_dir, secret).resolve()
+            print(f"API key for account '{DEFAULT_ACCOUNT}' (kept in {where}): {secret}")
+        else:
+            print(f"API key for account '{DEFAULT_ACCOUNT}' (shown once, store it): {secret}")
+        print(_try_line(settings, base, secret), flush=True)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -41,9 +41,38 @@ class Administration:
         account = found or (
             await self.create_account(account_name) if create else await self.account(account_name)
         )
+        return await self._issue(account, label)
+
+    async def startup_key(
+        self, account_name: str, label: str, *, demo: bool, kept: str | None = None
+    ) -> str | None:
+        """The key a starting server prints, or None. A store without accounts gets ``account_name`` and a
+        first key. With ``demo`` the account's demo key is printed at every start: ``kept`` (the one printed
+        last time) while it is still a live key of that account with that label, so that clients keep
+        working across restarts; else a new one, and any earlier one with that label is revoked."""
+        account = await self.store.get_account_by_name(account_name)
+        if account is None:
+            if await self.store.list_accounts():
+                return None  # an operator set up accounts already: leave them alone
+            account = await self.store.create_account(account_name)
+        elif not demo:
+            return None
+        elif kept is not None and await self._is_live_key(kept, account, label):
+            return kept
+        await self.store.revoke_keys_labelled(account.id, label)
+        return (await self._issue(account, label)).secret
+
+    async def _issue(self, account: Account, label: str) -> IssuedKey:
         new = keys.generate_key()
         stored = await self.store.create_key(account.id, new.digest, new.prefix, label)
         return IssuedKey(account, stored.id, new.secret)
+
+    async def _is_live_key(self, secret: str, account: Account, label: str) -> bool:
+        found = await self.store.find_key(keys.digest(secret))
+        if found is None:
+            return False
+        key, owner = found
+        return key.revoked_at is None and owner.id == account.id and key.label == label
 
     async def set_status(self, name: str, suspended: bool, reason: str | None = None) -> Account:
         account = await self.account(name)
