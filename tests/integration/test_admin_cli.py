@@ -112,3 +112,16 @@ def test_sdk_reads_the_account_and_its_credits(make_server: Any) -> None:
         assert account["plan"]["prepaid"] is True
         assert account["credits"] == {"balance": 7.5, "reserved": 0.0, "available": 7.5}
         assert client.credits()["credits"]["total"] == 7.5
+
+
+def test_config_reference_prints_the_settings_document() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "predictd", "config", "reference"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (ROOT / "docs" / "settings.md").read_text()

@@ -31,10 +31,12 @@ plans_app = typer.Typer(
     help="Plans: models, rate and concurrency limits, prepaid credits.", no_args_is_help=True
 )
 credits_app = typer.Typer(help="Grant, adjust and show credits.", no_args_is_help=True)
+config_app = typer.Typer(help="The settings every command reads.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(plans_app, name="plans")
 app.add_typer(credits_app, name="credits")
+app.add_typer(config_app, name="config")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -431,6 +433,15 @@ def credits_show(
             entry.created_at.isoformat(timespec="seconds"),
         )
     out.print(table)
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every setting (name, environment variable, type, limits, default, what it does) as Markdown:
+    docs/settings.md is this output."""
+    from ..config.reference import render
+
+    typer.echo(render(), nl=False)
 
 
 @app.command()

@@ -91,9 +91,22 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
-    ref: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
-    workers: int = Field(default=1, ge=0, le=64)
+    slug: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$",
+        description="The model's name in requests (`model`, `model_name`); a built-in's slug replaces it.",
+    )
+    ref: str = Field(
+        pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$",
+        description="The predictor class: `package.module:Class`, or `path/to/file.py:Class` relative to "
+        "the server's working directory.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Worker processes running this model in each process that runs models (the embedded "
+        "server, or each `predictd worker`): how many of its predictions run at once there.",
+    )
     prefetch: int = Field(
         default=1,
         ge=0,
@@ -103,12 +116,16 @@ class ModelConfig(BaseModel):
         "models that take milliseconds; 0 for long ones of very uneven length, so that none waits behind "
         "another while a slot is idle.",
     )
-    timeout_s: float = Field(default=600.0, gt=0)
-    description: str = ""
+    timeout_s: float = Field(
+        default=600.0, gt=0, description="A prediction running longer fails with `DeadlineExceeded`."
+    )
+    description: str = Field(default="", description="Shown with the model in `GET /v1/models`.")
     price: float = Field(
         default=1.0, ge=0, description="Credits per prediction, or per second of predict_time."
     )
-    price_unit: Literal["prediction", "second"] = "prediction"
+    price_unit: Literal["prediction", "second"] = Field(
+        default="prediction", description="What `price` is for: each prediction, or each second it runs."
+    )
     use_cases: list[str] = Field(default_factory=list, description="Use cases a request may declare.")
     blocked_regions: list[str] = Field(default_factory=list, description="Regions (proxy header) refused.")
 
@@ -140,12 +157,16 @@ class MediaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_pixels: int = Field(default=40_000_000, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=10.0, gt=0)
-    total_timeout_s: float = Field(default=30.0, gt=0)
-    max_redirects: int = Field(default=3, ge=0)
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest input image, in bytes.")
+    max_pixels: int = Field(
+        default=40_000_000, gt=0, description="Largest input image, in pixels (decompression bombs)."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Connecting to an image's host.")
+    read_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the next bytes.")
+    total_timeout_s: float = Field(
+        default=30.0, gt=0, description="Whole fetch of one image, redirects included (slow senders)."
+    )
+    max_redirects: int = Field(default=3, ge=0, description="Redirects followed, each checked again.")
     allow_private: bool = Field(default=False, description="Fetch from loopback / private addresses too.")
     allowed_networks: list[str] = Field(default_factory=list, description="CIDRs fetched even if private.")
     max_total_inline_bytes: int = Field(
@@ -176,20 +197,27 @@ class WebhookSettings(BaseModel):
     schedule_s: list[float] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE_S), description="Delays between attempts."
     )
-    attempt_timeout_s: float = Field(default=10.0, gt=0)
-    concurrency: int = Field(default=4, ge=1, le=64)
+    attempt_timeout_s: float = Field(
+        default=10.0, gt=0, description="One delivery attempt, from connecting to the receiver's answer."
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries sent at once per process.")
     rotation_grace_s: float = Field(
         default=86400.0, ge=0, description="How long a rotated secret still signs."
     )
-    allow_private: bool = False
-    allowed_networks: list[str] = Field(default_factory=list)
+    allow_private: bool = Field(
+        default=False,
+        description="Deliver to loopback / private / link-local addresses too (refused by default).",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list, description='CIDRs delivered to even if private, e.g. `["10.0.0.0/8"]`.'
+    )
 
 
 class SecuritySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     suspend_after: int = Field(default=5, ge=1, description="Violations in window_s that suspend an account.")
-    window_s: float = Field(default=3600.0, gt=0)
+    window_s: float = Field(default=3600.0, gt=0, description="The window suspend_after counts in.")
     rules_file: Path | None = Field(default=None, description="Extra screening rules (TOML), added to ours.")
 
 
@@ -217,19 +245,35 @@ class LegalSettings(BaseModel):
 class ModerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text_conservative_threshold: float = Field(default=0.5, ge=0, le=1)
-    text_permissive_threshold: float = Field(default=0.9, ge=0, le=1)
-    image_conservative_threshold: float = Field(default=0.4, ge=0, le=1)
-    image_permissive_threshold: float = Field(default=0.85, ge=0, le=1)
+    text_conservative_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Prompts: offensive-language score refused at `conservative`."
+    )
+    text_permissive_threshold: float = Field(
+        default=0.9, ge=0, le=1, description="Prompts: offensive-language score refused at `permissive`."
+    )
+    image_conservative_threshold: float = Field(
+        default=0.4, ge=0, le=1, description="Images, in and out: NSFW probability refused at `conservative`."
+    )
+    image_permissive_threshold: float = Field(
+        default=0.85, ge=0, le=1, description="Images, in and out: NSFW probability refused at `permissive`."
+    )
     blocked_terms: list[str] = Field(default_factory=list, description="Operator word list for prompts.")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTD_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    data_dir: Path = Path("predictd-data")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the API server listens on; `0.0.0.0` (or the machine's address) to be reached "
+        "from other machines, e.g. behind a load balancer.",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the API server listens on.")
+    data_dir: Path = Field(
+        default=Path("predictd-data"),
+        description="The data folder: the SQLite database (unless database_url is set), output images, the "
+        "demo key. Relative paths are from the working directory.",
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     redis_url: str | None = Field(
         default=None,
@@ -251,36 +295,73 @@ class Settings(BaseSettings):
     builtin_models: bool | list[str] = Field(
         default=True, description="Serve the built-in models: all (true), none (false), or these slugs."
     )
-    models: list[ModelConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(
+        default_factory=list,
+        description="Models served beside the built-in ones (or instead of one, with its slug), one "
+        "`[[models]]` table each.",
+    )
 
     await_timeout_s: float = Field(default=60.0, gt=0, description="Longest a submit with await blocks.")
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest request body (INFRASTRUCTURE_ERROR beyond)."
+    )
     max_attempts: int = Field(default=2, ge=1, description="Runs of one prediction when workers die.")
-    worker_start_timeout_s: float = Field(default=120.0, gt=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    cancel_grace_s: float = Field(default=2.0, gt=0)
-    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    worker_start_timeout_s: float = Field(
+        default=120.0, gt=0, description="A model worker whose setup() takes longer fails to start."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On stop, running predictions get this long to finish; the rest run again after.",
+    )
+    cancel_grace_s: float = Field(
+        default=2.0, gt=0, description="A worker still running a cancelled prediction after this is killed."
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000, ge=0, description="A SQLite write waits this long for another's lock, then fails."
+    )
     postgres_lock_timeout_ms: int = Field(
         default=5000, ge=0, description="A PostgreSQL write waits this long for a lock, then fails."
     )
     outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
     rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
-    rate_window_s: float = Field(default=60.0, gt=0)
+    rate_window_s: float = Field(default=60.0, gt=0, description="The window of rate_limit, in seconds.")
     concurrency_limit: int | None = Field(
         default=None, ge=1, description="In-flight predictions per account."
     )
-    media: MediaSettings = Field(default_factory=MediaSettings)
-    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
-    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
-    security: SecuritySettings = Field(default_factory=SecuritySettings)
-    legal: LegalSettings = Field(default_factory=LegalSettings)
+    media: MediaSettings = Field(
+        default_factory=MediaSettings,
+        description="Input images (URLs and data URIs) that workers fetch and decode: sizes, timeouts, and "
+        "the addresses they may be fetched from.",
+    )
+    moderation: ModerationSettings = Field(
+        default_factory=ModerationSettings,
+        description="Content moderation: a score over a `moderation_level`'s threshold is refused at that "
+        "level (prompts before queueing, images in the pipeline).",
+    )
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings,
+        description="Webhook deliveries: retries, timeouts, and the addresses they may be sent to (a guard "
+        "of their own: `[media]`'s settings do not apply to webhooks).",
+    )
+    security: SecuritySettings = Field(
+        default_factory=SecuritySettings,
+        description="Screening of text inputs for prompt injection and abuse (SECURITY_VIOLATION), and the "
+        "suspension of accounts that keep trying.",
+    )
+    legal: LegalSettings = Field(
+        default_factory=LegalSettings,
+        description="Where a request comes from, for the models' `blocked_regions` (LEGAL_REASONS).",
+    )
     admin_key: str | None = Field(
         default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."
     )
     default_plan: str | None = Field(default=None, description="Plan of accounts that have none.")
-    idempotency_ttl_s: float = Field(default=86400.0, gt=0)
-    log_level: str = "info"
-    log_json: bool = False
+    idempotency_ttl_s: float = Field(
+        default=86400.0, gt=0, description="How long an Idempotency-Key answers the prediction it made."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_json: bool = Field(default=False, description="Log one JSON object a line instead of text.")
 
     @field_validator("builtin_models")
     @classmethod
