@@ -3,8 +3,11 @@ disabled models, keys; each change is seen by the running server at once."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +32,24 @@ def ok(server: Server, *args: str) -> str:
     done = cli(server, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def bare_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`predictd ARGS` as an operator types it in ``cwd``: no PREDICTD_* variable, only the flags given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "predictd", *args],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_operator_manages_plans_accounts_and_credits_from_the_cli(make_server: Any) -> None:
@@ -125,3 +146,116 @@ def test_config_reference_prints_the_settings_document() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == (ROOT / "docs" / "settings.md").read_text()
+
+
+def test_without_a_database_the_admin_commands_refuse_and_create_nothing(tmp_path: Path) -> None:
+    """A new user's first `accounts create` beside a deployment whose settings it was not given."""
+    refused = bare_cli(tmp_path, "accounts", "create", "acme")
+    assert refused.returncode == 1
+    expected = tmp_path / "predictd-data" / "predictd.sqlite3"
+    assert f"there is no SQLite database at {expected}" in refused.stderr
+    assert "database_url is not set" in refused.stderr
+    assert "--create-database" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert list(tmp_path.iterdir()) == []  # not even the data folder
+
+    listed = bare_cli(tmp_path, "keys", "list", "--account", "acme", "--json")
+    assert listed.returncode == 1
+    assert list(tmp_path.iterdir()) == []
+
+    created = bare_cli(tmp_path, "--create-database", "accounts", "create", "acme")
+    assert created.returncode == 0, created.stderr
+    assert expected.is_file()
+    listed = bare_cli(tmp_path, "accounts", "list", "--json")
+    assert [account["name"] for account in json_lines(listed.stdout)] == ["acme"]
+
+
+def test_an_empty_or_missing_postgresql_database_is_refused_the_same_way(
+    tmp_path: Path, pg_database: str
+) -> None:
+    plain = pg_database.replace("+asyncpg", "")
+    refused = bare_cli(tmp_path, "--database-url", plain, "accounts", "create", "acme")
+    assert refused.returncode == 1
+    assert f"the database {plain} has no predictd tables" in refused.stderr
+    assert "--create-database" in refused.stderr
+
+    missing = plain.rsplit("/", 1)[0] + "/predictd_no_such_database"
+    for extra in ([], ["--create-database"]):  # predictd creates tables, not PostgreSQL databases
+        unreachable = bare_cli(tmp_path, "--database-url", missing, *extra, "accounts", "list")
+        assert unreachable.returncode == 1
+        assert 'database "predictd_no_such_database" does not exist' in unreachable.stderr
+        assert "Traceback" not in unreachable.stderr
+
+    created = bare_cli(tmp_path, "--database", plain, "--create-database", "accounts", "create", "acme")
+    assert created.returncode == 0, created.stderr
+    listed = bare_cli(tmp_path, "--database-url", plain, "accounts", "list", "--json")
+    assert [a["name"] for a in json_lines(listed.stdout)] == ["acme"]
+    assert list(tmp_path.iterdir()) == []  # no SQLite file made on the side
+
+
+def test_the_admin_commands_find_the_servers_database_through_its_config_file(
+    make_server: Any, tmp_path: Path
+) -> None:
+    server: Server = make_server(start=False)
+    settings = f'data_dir = "{server.data_dir}"\n'
+    if server.scaled:
+        settings += f'database_url = "{server.env["PREDICTD_DATABASE_URL"]}"\n'
+    server.config = settings + server.config
+    server.start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = str(server.workdir / "predictd.toml")  # the very file the server was started with
+
+    created = bare_cli(elsewhere, "--config", config, "keys", "create", "--account", "through-config")
+    assert created.returncode == 0, created.stderr
+    with server.client(created.stdout.strip()) as client:
+        assert client.get("/v1/models").status_code == 200
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_lists_print_whole_ids_and_json_when_piped(make_server: Any) -> None:
+    server = make_server()
+    ok(server, "plans", "set", "team", "--models", "echo,sleep", "--rate-limit", "30", "--prepaid")
+    account_id = ok(server, "accounts", "create", "listed", "--plan", "team").split()[0]
+    for _ in range(2):
+        ok(server, "keys", "create", "--account", "listed")
+    ok(server, "credits", "grant", "listed", "4", "--note", "welcome")
+    stored = server.with_store(lambda store: store.list_keys(account_id))
+    key_ids = [key.id for key in stored]
+
+    # What `cli` captures is a pipe: nothing may be cut to fit a terminal's width.
+    table = ok(server, "keys", "list", "--account", "listed")
+    assert all(key_id in table for key_id in key_ids)
+    assert account_id in ok(server, "accounts", "list")
+
+    keys = json_lines(ok(server, "keys", "list", "--account", "listed", "--json"))
+    assert [k["id"] for k in keys] == key_ids
+    assert {k["account_id"] for k in keys} == {account_id}
+    assert all(k["prefix"].startswith("pd_") and k["revoked_at"] is None for k in keys)
+
+    ok(server, "keys", "revoke", key_ids[0])
+    revoked = json_lines(ok(server, "keys", "list", "--account", "listed", "--json"))
+    assert [k["revoked_at"] is not None for k in revoked] == [True, False]
+    again = cli(server, "keys", "revoke", key_ids[0])
+    assert again.returncode == 1
+    assert f"No active key with id '{key_ids[0]}'" in again.stderr
+
+    (account,) = [a for a in json_lines(ok(server, "accounts", "list", "--json")) if a["name"] == "listed"]
+    assert account["id"] == account_id
+    assert (account["plan"], account["status"]) == ("team", "active")
+
+    (plan,) = json_lines(ok(server, "plans", "list", "--json"))
+    assert plan == {
+        "name": "team",
+        "models": ["echo", "sleep"],
+        "rate_limit": 30,
+        "rate_window_s": 60.0,
+        "key_rate_limit": None,
+        "concurrency_limit": None,
+        "prepaid": True,
+    }
+
+    (shown,) = json_lines(ok(server, "credits", "show", "listed", "--json"))
+    assert shown["account"]["id"] == account_id
+    assert shown["credits"] == {"balance": 4.0, "reserved": 0.0, "available": 4.0}
+    assert [(e["kind"], e["amount"], e["note"]) for e in shown["ledger"]] == [("grant", 4.0, "welcome")]

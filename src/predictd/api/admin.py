@@ -48,7 +48,7 @@ async def _json(request: Request) -> dict[str, Any]:
 
 @router.get("/accounts")
 async def list_accounts(admin: Administration = Depends(administration)) -> JSONResponse:
-    return JSONResponse({"data": [account_body(a) for a in await admin.store.list_accounts()]})
+    return JSONResponse({"data": [account_body(a) for a in await admin.list_accounts()]})
 
 
 @router.post("/accounts", status_code=201)
@@ -62,9 +62,8 @@ async def create_account(request: Request, admin: Administration = Depends(admin
 
 @router.get("/accounts/{name}")
 async def get_account(name: str, admin: Administration = Depends(administration)) -> JSONResponse:
-    account = await admin.account(name)
-    credits = await admin.store.credits(account.id)
-    return JSONResponse({**account_body(account), "credits": credits.as_dict()})
+    found = await admin.credits(name)
+    return JSONResponse({**account_body(found.account), "credits": found.credits.as_dict()})
 
 
 @router.post("/accounts/{name}/keys", status_code=201)
@@ -125,7 +124,7 @@ async def add_credits(
 
 @router.get("/plans")
 async def list_plans(admin: Administration = Depends(administration)) -> JSONResponse:
-    return JSONResponse({"data": [plan_body(p) for p in await admin.store.list_plans()]})
+    return JSONResponse({"data": [plan_body(p) for p in await admin.list_plans()]})
 
 
 @router.put("/plans/{name}")

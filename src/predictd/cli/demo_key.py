@@ -26,6 +26,7 @@ def kept_demo_key(data_dir: Path) -> str | None:
 def keep_demo_key(data_dir: Path, secret: str) -> Path:
     """Write the key (mode 0600, whatever the umask or an earlier file's mode), replacing the file whole."""
     path = demo_key_path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)  # a scaled-out server's database is not in it
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as file:

@@ -10,17 +10,26 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from .. import __version__
 from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
 from ..errors import ApiError
 from ..store import SqlStore, open_store
+from ..store.presence import Absence, missing_database, shown_url
 from ..telemetry.logs import configure as configure_logging
 from ..usecases.administration import Administration
 from .client import predict, predictions_app
 from .demo_key import keep_demo_key, kept_demo_key
+from .listing import (
+    account_record,
+    key_record,
+    ledger_record,
+    plan_record,
+    print_columns,
+    print_json_lines,
+)
 
 T = TypeVar("T")
 
@@ -38,8 +47,9 @@ app.add_typer(plans_app, name="plans")
 app.add_typer(credits_app, name="credits")
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Plain echo for what the commands print (rich would wrap it at 80 columns when piped, and read any
+# "[...]" in a name as markup); rich only for styled messages on stderr.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_ACCOUNT = "default"
 DEMO_LABEL = "demo"
@@ -49,6 +59,7 @@ class _Options:
     config: Path | None = None
     data_dir: Path | None = None
     database_url: str | None = None
+    create_database: bool = False
 
 
 @app.callback()
@@ -56,10 +67,20 @@ def _root(
     config: Annotated[Path | None, typer.Option(help="TOML settings file (env: PREDICTD_CONFIG).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (env: PREDICTD_DATA_DIR).")] = None,
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy database URL (env: PREDICTD_DATABASE_URL).")
+        str | None,
+        typer.Option("--database-url", "--database", help="Database URL (env: PREDICTD_DATABASE_URL)."),
     ] = None,
+    create_database: Annotated[
+        bool,
+        typer.Option(
+            help="Let an admin command (keys, accounts, plans, credits) create the database when it finds "
+            "none; without it they refuse, so that a command meant for the server's database never writes "
+            "into a new one. serve and worker always may."
+        ),
+    ] = False,
 ) -> None:
     _Options.config, _Options.data_dir, _Options.database_url = config, data_dir, database_url
+    _Options.create_database = create_database
 
 
 def _settings(**flags: Any) -> Settings:
@@ -74,7 +95,6 @@ def _settings(**flags: Any) -> Settings:
 
 def _with_store(settings: Settings, action: Callable[[SqlStore], Awaitable[T]]) -> T:
     async def run() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(
             settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
         )
@@ -230,6 +250,43 @@ async def _run_worker(settings: Settings, only: list[str] | None, renderers: Any
         os._exit(1)  # not SystemExit: asyncio.run would wait again for the tasks that did not end
 
 
+def _no_database(settings: Settings, absence: Absence) -> str:
+    """What an admin command that found no database says: which one it looked for, from which settings."""
+    if settings.database_url:
+        source = f"database_url is {shown_url(settings.resolved_database_url)}"
+    else:
+        source = f"database_url is not set: SQLite in data_dir {settings.data_dir.resolve()}"
+    config = os.environ.get("PREDICTD_CONFIG")
+    lines = [
+        f"predictd: {absence.reason}; nothing was changed.",
+        f"  Settings read: {source} (config file: {config or 'none'}).",
+        "  Admin commands read the settings the server reads: give them the server's --config file",
+        "  (or PREDICTD_CONFIG) and PREDICTD_* variables, or --database-url / --data-dir, from the same",
+        "  working directory.",
+    ]
+    if absence.creatable:
+        lines.append("  To create a new database there, add --create-database: predictd --create-database …")
+    return "\n".join(lines)
+
+
+def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
+    """Run an operator use case against the deployment's database, which must exist (unless
+    --create-database); a use case's errors exit 1 with their message."""
+    settings = _settings()
+    absence = asyncio.run(missing_database(settings.resolved_database_url))
+    if absence is not None and not (_Options.create_database and absence.creatable):
+        typer.echo(_no_database(settings, absence), err=True)
+        raise typer.Exit(1)
+    try:
+        return _with_store(settings, lambda store: action(Administration(store)))
+    except ApiError as exc:
+        err.print(f"[red]{exc.error_id}[/red]: {escape(exc.message)}")
+        raise typer.Exit(1) from None
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line, every field whole.")]
+
+
 @keys_app.command("create")
 def keys_create(
     account: Annotated[str, typer.Option(help="Account name; created if it does not exist.")],
@@ -242,44 +299,34 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(account: Annotated[str, typer.Option(help="Account name.")]) -> None:
-    """List an account's keys (prefixes only: the keys themselves are not stored)."""
-
-    async def action(store: SqlStore) -> list[Any]:
-        found = await store.get_account_by_name(account)
-        if found is None:
-            err.print(f"no account named {account!r}")
-            raise typer.Exit(1)
-        return await store.list_keys(found.id)
-
-    table = Table("id", "prefix", "label", "created", "revoked")
-    for key in _with_store(_settings(), action):
-        table.add_row(
-            key.id,
-            key.prefix + "…",
-            key.label,
-            key.created_at.isoformat(timespec="seconds"),
-            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
-        )
-    out.print(table)
+def keys_list(
+    account: Annotated[str, typer.Option(help="Account name.")], as_json: JsonOption = False
+) -> None:
+    """List an account's keys: id, prefix, label, created, revoked (the keys themselves are not stored)."""
+    found = _admin(lambda admin: admin.list_keys(account))
+    if as_json:
+        print_json_lines(key_record(key) for key in found)
+        return
+    print_columns(
+        ("id", "prefix", "label", "created", "revoked"),
+        (
+            (
+                key.id,
+                key.prefix + "…",
+                key.label,
+                key.created_at.isoformat(timespec="seconds"),
+                key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+            )
+            for key in found
+        ),
+    )
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
     """Revoke a key; requests with it are refused from now on."""
-    if not _with_store(_settings(), lambda store: store.revoke_key(key_id)):
-        err.print(f"no active key with id {key_id!r}")
-        raise typer.Exit(1)
-    out.print(f"revoked {key_id}")
-
-
-def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
-    """Run an operator use case against the configured store; its errors exit 1 with their message."""
-    try:
-        return _with_store(_settings(), lambda store: action(Administration(store)))
-    except ApiError as exc:
-        err.print(f"[red]{exc.error_id}[/red]: {exc.message}")
-        raise typer.Exit(1) from None
+    _admin(lambda admin: admin.revoke_key(key_id))
+    typer.echo(f"revoked {key_id}")
 
 
 @accounts_app.command("create")
@@ -288,22 +335,30 @@ def accounts_create(
     plan: Annotated[str | None, typer.Option(help="Plan name (see `plans list`).")] = None,
 ) -> None:
     account = _admin(lambda admin: admin.create_account(name, plan))
-    out.print(f"{account.id} {account.name}")
+    typer.echo(f"{account.id} {account.name}")
 
 
 @accounts_app.command("list")
-def accounts_list() -> None:
-    table = Table("id", "name", "status", "plan", "disabled models", "created")
-    for account in _with_store(_settings(), lambda store: store.list_accounts()):
-        table.add_row(
-            account.id,
-            account.name,
-            account.status.value,
-            account.plan or "(default)",
-            ", ".join(account.disabled_models),
-            account.created_at.isoformat(timespec="seconds"),
-        )
-    out.print(table)
+def accounts_list(as_json: JsonOption = False) -> None:
+    """List the accounts: id, name, status, plan, disabled models, created."""
+    found = _admin(lambda admin: admin.list_accounts())
+    if as_json:
+        print_json_lines(account_record(account) for account in found)
+        return
+    print_columns(
+        ("id", "name", "status", "plan", "disabled models", "created"),
+        (
+            (
+                account.id,
+                account.name,
+                account.status.value,
+                account.plan or "(default)",
+                ", ".join(account.disabled_models),
+                account.created_at.isoformat(timespec="seconds"),
+            )
+            for account in found
+        ),
+    )
 
 
 @accounts_app.command("suspend")
@@ -313,13 +368,13 @@ def accounts_suspend(
 ) -> None:
     """Refuse every request of the account (ACCOUNT_SUSPENDED) until it is unsuspended."""
     _admin(lambda admin: admin.set_status(name, True, reason))
-    out.print(f"suspended {name}")
+    typer.echo(f"suspended {name}")
 
 
 @accounts_app.command("unsuspend")
 def accounts_unsuspend(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
     _admin(lambda admin: admin.set_status(name, False))
-    out.print(f"unsuspended {name}")
+    typer.echo(f"unsuspended {name}")
 
 
 @accounts_app.command("set-plan")
@@ -328,7 +383,7 @@ def accounts_set_plan(
     plan: Annotated[str, typer.Argument(help="Plan name, or 'default' for the deployment's limits.")],
 ) -> None:
     _admin(lambda admin: admin.set_plan(name, None if plan == "default" else plan))
-    out.print(f"{name} is on plan {plan}")
+    typer.echo(f"{name} is on plan {plan}")
 
 
 @accounts_app.command("disable-model")
@@ -338,7 +393,7 @@ def accounts_disable_model(
 ) -> None:
     """Refuse this model to this account (MODEL_NOT_AUTHORIZED)."""
     _admin(lambda admin: admin.set_model_enabled(name, model, False))
-    out.print(f"{model} disabled for {name}")
+    typer.echo(f"{model} disabled for {name}")
 
 
 @accounts_app.command("enable-model")
@@ -347,7 +402,7 @@ def accounts_enable_model(
     model: Annotated[str, typer.Argument(help="Model slug.")],
 ) -> None:
     _admin(lambda admin: admin.set_model_enabled(name, model, True))
-    out.print(f"{model} enabled for {name}")
+    typer.echo(f"{model} enabled for {name}")
 
 
 @plans_app.command("set")
@@ -370,24 +425,30 @@ def plans_set(
         prepaid=prepaid,
     )
     _admin(lambda admin: admin.put_plan(plan))
-    out.print(f"plan {name} saved")
+    typer.echo(f"plan {name} saved")
 
 
 @plans_app.command("list")
-def plans_list() -> None:
-    table = Table("name", "models", "rate", "per key", "concurrency", "prepaid")
-    for plan in _with_store(_settings(), lambda store: store.list_plans()):
-        rate = f"{plan.rate_limit}/{plan.rate_window_s:g}s" if plan.rate_limit else "-"
-        per_key = f"{plan.key_rate_limit}/{plan.rate_window_s:g}s" if plan.key_rate_limit else "-"
-        table.add_row(
-            plan.name,
-            ",".join(plan.models),
-            rate,
-            per_key,
-            str(plan.concurrency_limit or "-"),
-            "yes" if plan.prepaid else "no",
-        )
-    out.print(table)
+def plans_list(as_json: JsonOption = False) -> None:
+    """List the plans: name, models, rate per account and per key, concurrency, prepaid."""
+    found = _admin(lambda admin: admin.list_plans())
+    if as_json:
+        print_json_lines(plan_record(plan) for plan in found)
+        return
+    print_columns(
+        ("name", "models", "rate", "per key", "concurrency", "prepaid"),
+        (
+            (
+                plan.name,
+                ",".join(plan.models),
+                f"{plan.rate_limit}/{plan.rate_window_s:g}s" if plan.rate_limit else "-",
+                f"{plan.key_rate_limit}/{plan.rate_window_s:g}s" if plan.key_rate_limit else "-",
+                str(plan.concurrency_limit or "-"),
+                "yes" if plan.prepaid else "no",
+            )
+            for plan in found
+        ),
+    )
 
 
 @credits_app.command("grant", context_settings={"ignore_unknown_options": True})
@@ -397,7 +458,7 @@ def credits_grant(
     note: Annotated[str | None, typer.Option(help="Why (kept in the ledger).")] = None,
 ) -> None:
     credits = _admin(lambda admin: admin.add_credits(account, amount, "grant", note))
-    out.print(f"{account}: {credits.as_dict()}")
+    typer.echo(f"{account}: {credits.as_dict()}")
 
 
 # A negative amount ("-50") reads as the argument it is, not as an unknown option.
@@ -408,31 +469,45 @@ def credits_adjust(
     note: Annotated[str | None, typer.Option(help="Why (kept in the ledger).")] = None,
 ) -> None:
     credits = _admin(lambda admin: admin.add_credits(account, amount, "adjust", note))
-    out.print(f"{account}: {credits.as_dict()}")
+    typer.echo(f"{account}: {credits.as_dict()}")
 
 
 @credits_app.command("show")
 def credits_show(
     account: Annotated[str, typer.Argument(help="Account name.")],
-    entries: Annotated[int, typer.Option(help="How many ledger entries to list.")] = 20,
+    entries: Annotated[int, typer.Option(help="How many ledger entries to list, newest first.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: account, credits and ledger entries.")
+    ] = False,
 ) -> None:
-    async def action(admin: Administration) -> tuple[Any, list[Any]]:
-        found = await admin.account(account)
-        return await admin.store.credits(found.id), await admin.store.ledger(found.id, entries)
-
-    credits, ledger = _admin(action)
-    out.print(f"{account}: {credits.as_dict()}")
-    table = Table("id", "kind", "amount", "prediction", "note", "at")
-    for entry in ledger:
-        table.add_row(
-            str(entry.id),
-            entry.kind,
-            f"{from_micros(entry.amount_micros):g}",
-            entry.prediction_id or "",
-            entry.note or "",
-            entry.created_at.isoformat(timespec="seconds"),
+    """Show an account's credits (balance, reserved, available) and its latest ledger entries."""
+    found = _admin(lambda admin: admin.credits(account, entries))
+    if as_json:
+        print_json_lines(
+            [
+                {
+                    "account": account_record(found.account),
+                    "credits": found.credits.as_dict(),
+                    "ledger": [ledger_record(entry) for entry in found.ledger],
+                }
+            ]
         )
-    out.print(table)
+        return
+    typer.echo(f"{account}: {found.credits.as_dict()}")
+    print_columns(
+        ("id", "kind", "amount", "prediction", "note", "at"),
+        (
+            (
+                str(entry.id),
+                entry.kind,
+                f"{from_micros(entry.amount_micros):g}",
+                entry.prediction_id or "",
+                entry.note or "",
+                entry.created_at.isoformat(timespec="seconds"),
+            )
+            for entry in found.ledger
+        ),
+    )
 
 
 @config_app.command("reference")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core import keys
-from ..core.domain import Account, AccountStatus, Credits, Plan, to_micros
+from ..core.domain import Account, AccountStatus, ApiKey, Credits, LedgerEntry, Plan, to_micros
 from ..core.ports import Store
 from ..errors import ApiError, ErrorId
 
@@ -17,6 +17,13 @@ class IssuedKey:
     secret: str
 
 
+@dataclass(frozen=True, slots=True)
+class AccountCredits:
+    account: Account
+    credits: Credits
+    ledger: list[LedgerEntry]  # newest first
+
+
 class Administration:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -26,6 +33,32 @@ class Administration:
         if found is None:
             raise ApiError(ErrorId.NOT_FOUND, f"No account named {name!r}.")
         return found
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, oldest first."""
+        return await self.store.list_accounts()
+
+    async def list_keys(self, account_name: str) -> list[ApiKey]:
+        """The account's keys, revoked ones included, oldest first (prefixes only: keys are not stored)."""
+        return await self.store.list_keys((await self.account(account_name)).id)
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Refuse the key from the next request on."""
+        if not await self.store.revoke_key(key_id):
+            raise ApiError(ErrorId.NOT_FOUND, f"No active key with id {key_id!r}.")
+
+    async def list_plans(self) -> list[Plan]:
+        """Every plan, by name."""
+        return await self.store.list_plans()
+
+    async def credits(self, account_name: str, entries: int = 0) -> AccountCredits:
+        """The account's credits and its ``entries`` newest ledger entries."""
+        if entries < 0:
+            raise ApiError(ErrorId.INVALID_PARAMETER, "The number of ledger entries must not be negative.")
+        account = await self.account(account_name)
+        credits = await self.store.credits(account.id)
+        ledger = await self.store.ledger(account.id, entries) if entries else []
+        return AccountCredits(account, credits, ledger)
 
     async def create_account(self, name: str, plan: str | None = None) -> Account:
         if not name.strip() or len(name) > 200:
