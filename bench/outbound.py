@@ -21,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 
 from predictd.media import MediaLimits, fetch_image_bytes
-from predictd.webhooks import DeliveryConfig, _post
+from predictd.outbound import OutboundLimits
+from predictd.usecases.deliveries import post
 
-LOOPBACK = MediaLimits(allowed_networks=("127.0.0.1/32",))
+NETWORK = OutboundLimits(allowed_networks=("127.0.0.1/32",))
+LOOPBACK = MediaLimits(fetch=NETWORK)
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(1016)
 
 
@@ -73,12 +75,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
 
-    config = DeliveryConfig(limits=LOOPBACK)
     body, headers = b'{"id": "bench", "status": "succeeded"}', {"content-type": "application/json"}
     with receiver() as base:
 
         def deliver() -> None:
-            status, error = _post(f"{base}/hook", body, headers, config)
+            status, error = post(f"{base}/hook", body, headers, NETWORK)
             if status != 204:
                 raise RuntimeError(f"webhook delivery failed: {status} {error}")
 

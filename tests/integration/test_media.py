@@ -1,5 +1,6 @@
-"""predictd.media against real HTTP(S) servers on 127.0.0.1: fetching, SSRF refusals, redirects, size and
-time limits, slow-loris servers, decompression bombs, and the pinned-address connection."""
+"""predictd.media, and the predictd.outbound guard under it, against real HTTP(S) servers on 127.0.0.1:
+fetching, SSRF refusals, redirects, size and time limits, slow-loris servers, decompression bombs, and the
+pinned-address connection."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ import httpcore
 import pytest
 
 from predictd.errors import ImageLoadError
-from predictd.media import MediaLimits, SafeNetworkBackend, fetch_image_bytes, load_image
+from predictd.media import MediaLimits, fetch_image_bytes, load_image
+from predictd.outbound import OutboundLimits
+from predictd.outbound.guard import SafeNetworkBackend
 
 from ..unit.test_media_unit import bomb_png, jpeg_bytes, png_bytes
 
 FIELD = "input.model_image"
-LOOPBACK = MediaLimits(allowed_networks=("127.0.0.1/32",))
+LOOPBACK = MediaLimits(fetch=OutboundLimits(allowed_networks=("127.0.0.1/32",)))
 # "localhost" may also resolve to ::1; every resolved address must be allowed.
-LOCALHOST = MediaLimits(allowed_networks=("127.0.0.1/32", "::1/128"))
-SMALL = MediaLimits(max_bytes=1000, allowed_networks=("127.0.0.1/32",))
+LOCALHOST = MediaLimits(fetch=OutboundLimits(allowed_networks=("127.0.0.1/32", "::1/128")))
+SMALL = MediaLimits(max_bytes=1000, fetch=OutboundLimits(allowed_networks=("127.0.0.1/32",)))
 
 PNG = png_bytes((8, 6), "red")
 BIG_BODY = b"\x89PNG" + b"x" * 4996  # 5000 bytes, over SMALL.max_bytes
@@ -322,10 +325,14 @@ def test_allowed_networks_is_exact(server: MediaServer, other_server: MediaServe
     message = fetch_error(other_server.url("/ok.png"), LOOPBACK)
     assert message == f"{FIELD}: refusing to fetch from 127.0.0.2 (loopback address)"
     assert other_server.connections == before
-    wider = MediaLimits(allowed_networks=("127.0.0.0/8",))
+    wider = MediaLimits(fetch=OutboundLimits(allowed_networks=("127.0.0.0/8",)))
     assert fetch_image_bytes(other_server.url("/ok.png"), field=FIELD, limits=wider) == PNG
     assert (
-        fetch_image_bytes(other_server.url("/ok.png"), field=FIELD, limits=MediaLimits(allow_private=True))
+        fetch_image_bytes(
+            other_server.url("/ok.png"),
+            field=FIELD,
+            limits=MediaLimits(fetch=OutboundLimits(allow_private=True)),
+        )
         == PNG
     )
 
@@ -351,7 +358,7 @@ def test_redirect_chain_over_the_limit_is_refused(server: MediaServer) -> None:
     assert message.endswith("more than 3 redirects")
     assert server.hits["/ok.png"] == before
     assert fetch_error(server.url("/loop")).endswith("more than 3 redirects")
-    none_allowed = MediaLimits(max_redirects=0, allowed_networks=("127.0.0.1/32",))
+    none_allowed = MediaLimits(fetch=OutboundLimits(max_redirects=0, allowed_networks=("127.0.0.1/32",)))
     assert fetch_error(server.url("/redirect?to=/ok.png"), none_allowed).endswith("more than 0 redirects")
 
 
@@ -389,7 +396,7 @@ def test_redirect_to_a_name_resolving_outside_the_allowed_networks_is_refused(
     server: MediaServer, other_server: MediaServer
 ) -> None:
     # The first hop (127.0.0.2) is allowed; the hop to localhost (127.0.0.1) is not.
-    limits = MediaLimits(allowed_networks=("127.0.0.2/32",))
+    limits = MediaLimits(fetch=OutboundLimits(allowed_networks=("127.0.0.2/32",)))
     before = server.connections
     message = fetch_error(other_server.url(f"/redirect?to={server.url('/ok.png', host='localhost')}"), limits)
     assert "refusing to fetch from localhost" in message
@@ -481,7 +488,7 @@ def test_declared_content_length_over_the_limit_is_refused_before_reading(server
 
 
 def test_gzip_bomb_is_capped_after_decoding(server: MediaServer) -> None:
-    limits = MediaLimits(max_bytes=100_000, allowed_networks=("127.0.0.1/32",))
+    limits = MediaLimits(max_bytes=100_000, fetch=OutboundLimits(allowed_networks=("127.0.0.1/32",)))
     assert "is larger than 100000 bytes" in fetch_error(server.url("/gzip-bomb.png"), limits)
 
 
@@ -491,7 +498,7 @@ def test_bad_or_unsupported_content_encoding(server: MediaServer) -> None:
 
 
 def test_decompression_bomb_url_is_refused(server: MediaServer) -> None:
-    limits = MediaLimits(max_pixels=1_000_000, allowed_networks=("127.0.0.1/32",))
+    limits = MediaLimits(max_pixels=1_000_000, fetch=OutboundLimits(allowed_networks=("127.0.0.1/32",)))
     message = fetch_error(server.url("/bomb.png"), limits)
     assert message == f"{FIELD}: image is 64000000 pixels, over the 1000000 limit (8000x8000)"
 
@@ -501,7 +508,7 @@ def test_decompression_bomb_url_is_refused(server: MediaServer) -> None:
 
 
 def test_slow_loris_body_fails_within_the_total_budget(server: MediaServer) -> None:
-    limits = MediaLimits(total_timeout_s=2, allowed_networks=("127.0.0.1/32",))
+    limits = MediaLimits(fetch=OutboundLimits(total_timeout_s=2, allowed_networks=("127.0.0.1/32",)))
     started = time.monotonic()
     message = fetch_error(server.url("/slow-body.png"), limits)
     elapsed = time.monotonic() - started
@@ -510,7 +517,7 @@ def test_slow_loris_body_fails_within_the_total_budget(server: MediaServer) -> N
 
 
 def test_slow_loris_headers_fail_within_the_total_budget(server: MediaServer) -> None:
-    limits = MediaLimits(total_timeout_s=2, allowed_networks=("127.0.0.1/32",))
+    limits = MediaLimits(fetch=OutboundLimits(total_timeout_s=2, allowed_networks=("127.0.0.1/32",)))
     started = time.monotonic()
     message = fetch_error(server.url("/slow-headers.png"), limits)
     elapsed = time.monotonic() - started
@@ -519,7 +526,7 @@ def test_slow_loris_headers_fail_within_the_total_budget(server: MediaServer) ->
 
 
 def test_read_timeout(server: MediaServer) -> None:
-    limits = MediaLimits(read_timeout_s=0.5, allowed_networks=("127.0.0.1/32",))
+    limits = MediaLimits(fetch=OutboundLimits(read_timeout_s=0.5, allowed_networks=("127.0.0.1/32",)))
     started = time.monotonic()
     url = server.url("/silent.png")
     assert fetch_error(url, limits) == f"{FIELD}: could not fetch {url}: no data received for 0.5 s"
@@ -555,11 +562,11 @@ def unaccepting_listener() -> Iterator[int]:
 def test_connect_timeout_and_total_budget_cover_connecting() -> None:
     with unaccepting_listener() as port:
         url = f"http://127.0.0.1:{port}/x.png"
-        limits = MediaLimits(connect_timeout_s=0.5, allowed_networks=("127.0.0.1/32",))
+        limits = MediaLimits(fetch=OutboundLimits(connect_timeout_s=0.5, allowed_networks=("127.0.0.1/32",)))
         started = time.monotonic()
         assert fetch_error(url, limits) == f"{FIELD}: could not fetch {url}: connection timed out after 0.5 s"
         assert time.monotonic() - started < 3
-        limits = MediaLimits(total_timeout_s=0.7, allowed_networks=("127.0.0.1/32",))
+        limits = MediaLimits(fetch=OutboundLimits(total_timeout_s=0.7, allowed_networks=("127.0.0.1/32",)))
         started = time.monotonic()
         assert fetch_error(url, limits) == f"{FIELD}: could not fetch {url}: timed out after 0.7 s"
         assert time.monotonic() - started < 3
@@ -570,7 +577,7 @@ def test_connect_timeout_and_total_budget_cover_connecting() -> None:
 
 
 def test_backend_connects_to_the_address_it_validated(server: MediaServer) -> None:
-    backend = SafeNetworkBackend(LOCALHOST, time.monotonic() + 10)
+    backend = SafeNetworkBackend(LOCALHOST.fetch, time.monotonic() + 10)
     validated = backend.resolve("localhost", server.port)
     stream = backend.connect_tcp("localhost", server.port, timeout=5)
     try:
@@ -584,7 +591,7 @@ def test_backend_connects_to_the_address_it_validated(server: MediaServer) -> No
 
 
 def test_backend_refuses_before_opening_a_socket(server: MediaServer) -> None:
-    backend = SafeNetworkBackend(MediaLimits(), time.monotonic() + 10)
+    backend = SafeNetworkBackend(OutboundLimits(), time.monotonic() + 10)
     before = server.connections
     with pytest.raises(Exception, match=r"refusing to fetch from localhost \(it resolves to"):
         backend.connect_tcp("localhost", server.port, timeout=5)
@@ -642,7 +649,7 @@ def test_pinned_tls_connection_verifies_the_original_host_name(
 ) -> None:
     cert, _ = certificate
     trusting = ssl.create_default_context(cafile=str(cert))
-    backend = SafeNetworkBackend(LOCALHOST, time.monotonic() + 10)
+    backend = SafeNetworkBackend(LOCALHOST.fetch, time.monotonic() + 10)
     stream = backend.connect_tcp("localhost", tls_server.port, timeout=5)
     tls = stream.start_tls(trusting, server_hostname="localhost", timeout=5)
     try:

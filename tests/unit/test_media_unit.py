@@ -1,4 +1,5 @@
-"""Pure parts of predictd.media: the address policy, data URIs, and decoding with its pixel guards."""
+"""Pure parts of predictd.media and predictd.outbound: the address policy, data URIs, and decoding with its
+pixel guards."""
 
 from __future__ import annotations
 
@@ -13,13 +14,8 @@ import pytest
 from PIL import Image
 
 from predictd.errors import ImageLoadError, ModelError
-from predictd.media import (
-    MediaLimits,
-    data_uri_size,
-    decode_data_uri,
-    is_blocked_address,
-    load_image,
-)
+from predictd.media import MediaLimits, data_uri_size, decode_data_uri, load_image
+from predictd.outbound import OutboundLimits, is_blocked_address
 
 FIELD = "input.image"
 DEFAULT = MediaLimits()
@@ -148,8 +144,8 @@ ALLOWED = [
 @pytest.mark.parametrize(("address", "kind"), BLOCKED)
 def test_special_addresses_are_blocked_by_default(address: str, kind: str) -> None:
     ip = ipaddress.ip_address(address)
-    assert is_blocked_address(ip, DEFAULT)
-    assert not is_blocked_address(ip, MediaLimits(allow_private=True))
+    assert is_blocked_address(ip, DEFAULT.fetch)
+    assert not is_blocked_address(ip, OutboundLimits(allow_private=True))
     host = address.split("%")[0]
     literal = f"[{host}]" if ":" in host else host
     message = load_error(f"http://{literal}:8080/x.png")
@@ -159,11 +155,11 @@ def test_special_addresses_are_blocked_by_default(address: str, kind: str) -> No
 
 @pytest.mark.parametrize("address", ALLOWED)
 def test_public_addresses_are_not_blocked(address: str) -> None:
-    assert not is_blocked_address(ipaddress.ip_address(address), DEFAULT)
+    assert not is_blocked_address(ipaddress.ip_address(address), DEFAULT.fetch)
 
 
 def test_allowed_networks_open_only_their_range() -> None:
-    limits = MediaLimits(allowed_networks=("127.0.0.1/32", "10.1.0.0/16", "fd00::/8"))
+    limits = OutboundLimits(allowed_networks=("127.0.0.1/32", "10.1.0.0/16", "fd00::/8"))
     assert not is_blocked_address(ipaddress.ip_address("127.0.0.1"), limits)
     assert not is_blocked_address(ipaddress.ip_address("::ffff:127.0.0.1"), limits)
     assert not is_blocked_address(ipaddress.ip_address("10.1.200.3"), limits)
@@ -177,13 +173,13 @@ def test_allowed_networks_open_only_their_range() -> None:
 
 def test_limits_reject_bad_configuration() -> None:
     with pytest.raises(ValueError, match="not a CIDR"):
-        MediaLimits(allowed_networks=("localhost",))
+        OutboundLimits(allowed_networks=("localhost",))
     with pytest.raises(ValueError, match="positive"):
         MediaLimits(max_bytes=0)
     with pytest.raises(ValueError, match="positive"):
-        MediaLimits(total_timeout_s=0)
+        OutboundLimits(total_timeout_s=0)
     with pytest.raises(ValueError, match="max_redirects"):
-        MediaLimits(max_redirects=-1)
+        OutboundLimits(max_redirects=-1)
 
 
 def test_image_load_error_is_a_model_error() -> None:

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from .. import outputs
 from ..errors import ApiError, ErrorId
+from ..media import outputs
 from .state import deployment_of
 
 router = APIRouter(tags=["outputs"])

@@ -153,7 +153,7 @@ class ModelConfig(BaseModel):
 
 
 class MediaSettings(BaseModel):
-    """Limits on input images fetched or decoded by workers (see media.py)."""
+    """Limits on input images fetched or decoded by workers (see predictd.media and predictd.outbound)."""
 
     model_config = ConfigDict(extra="forbid")
 

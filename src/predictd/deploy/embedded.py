@@ -18,8 +18,8 @@ from ..core.domain import Plan, utcnow
 from ..core.ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
 from ..dispatch.local import LocalBroker, LocalNotifier
 from ..limits import MemoryLimits
-from ..media import MediaLimits
-from ..outputs import LocalOutputs
+from ..media import LocalOutputs
+from ..outbound import OutboundLimits
 from ..runtime.executor import Executor
 from ..runtime.pipeline import CONFIG_ENV, WorkerConfig
 from ..runtime.supervisor import Supervisor
@@ -33,10 +33,11 @@ from ..usecases.account import OwnAccount
 from ..usecases.administration import Administration
 from ..usecases.admission import Admission
 from ..usecases.catalog import Models
+from ..usecases.deliveries import DeliveryConfig, Dispatcher
 from ..usecases.policy import Policy
 from ..usecases.predictions import Predictions
 from ..usecases.recovery import Recovery
-from ..webhooks import DeliveryConfig, Dispatcher, Planner, Renderer
+from ..webhooks import Planner, Renderer
 
 if TYPE_CHECKING:  # Redis is imported by scaled-out processes only
     from redis.asyncio import Redis
@@ -146,7 +147,7 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
         schedule_s=tuple(hooks.schedule_s),
         attempt_timeout_s=hooks.attempt_timeout_s,
         concurrency=hooks.concurrency,
-        limits=MediaLimits(
+        limits=OutboundLimits(
             allow_private=hooks.allow_private,
             allowed_networks=tuple(hooks.allowed_networks),
             connect_timeout_s=min(5.0, hooks.attempt_timeout_s),

@@ -20,7 +20,7 @@ from ..dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource
 from ..dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
 from ..dispatch.sweeper import Sweeper
 from ..limits.redis import RedisLimits
-from ..outputs import LocalOutputs
+from ..media import LocalOutputs
 from ..runtime.executor import Executor
 from ..runtime.supervisor import Supervisor
 from ..telemetry.metrics import Metrics

@@ -15,7 +15,7 @@ import orjson
 
 from ..core.schema_marks import MEDIA_KEY, MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64, fields_marked
 from ..errors import ContentModerationError, PipelineError
-from ..outputs import LocalOutputs
+from ..media.outputs import LocalOutputs
 from .types import loaded_image_class
 
 if TYPE_CHECKING:
@@ -44,12 +44,15 @@ class WorkerConfig:
         return cls(**orjson.loads(raw)) if raw else cls()
 
     def media_limits(self) -> MediaLimits:
+        """The ``[media]`` settings (one flat table) as the image loader's limits."""
         from ..media import MediaLimits
+        from ..outbound import OutboundLimits
 
-        media = dict(self.media)
-        if "allowed_networks" in media:
-            media["allowed_networks"] = tuple(media["allowed_networks"])
-        return MediaLimits(**media)
+        fetch = dict(self.media)
+        sizes = {name: fetch.pop(name) for name in ("max_bytes", "max_pixels") if name in fetch}
+        if "allowed_networks" in fetch:
+            fetch["allowed_networks"] = tuple(fetch["allowed_networks"])
+        return MediaLimits(**sizes, fetch=OutboundLimits(**fetch))
 
 
 class Pipeline:

@@ -42,7 +42,7 @@ from ..core.ports import (
     PredictionStore,
 )
 from ..errors import ApiError, ErrorId
-from ..outputs import LocalOutputs
+from ..media import LocalOutputs
 from .admission import Admission, SubmitRequest
 
 log = structlog.get_logger("predictd.predictions")
