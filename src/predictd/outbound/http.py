@@ -16,6 +16,7 @@ import time
 import typing
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import httpx
 
@@ -195,13 +196,53 @@ def get(
         raise OutboundError(reason, display_url(url)) from None
 
 
-def post(url: str, body: bytes, *, headers: Mapping[str, str], limits: OutboundLimits) -> int:
-    """POST ``body`` to ``url`` without following redirects; the answer's status code."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a POST got back: the status, and the start of the body when it was read (see :func:`post`)."""
+
+    status_code: int
+    body_start: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+def _start_of_body(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body as sent (compressed bodies are not decoded: nothing more than
+    ``limit`` is ever inflated), less if the deadline passes first."""
+    if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return b""
+    start = bytearray()
+    with contextlib.suppress(httpx.TimeoutException, httpx.StreamError, httpx.TransportError):
+        for chunk in response.iter_raw():
+            start += chunk[: limit - len(start)]
+            if len(start) >= limit:
+                break
+    return bytes(start)
+
+
+def post(
+    url: str, body: bytes, *, headers: Mapping[str, str], limits: OutboundLimits, quote_bytes: int
+) -> Answer:
+    """POST ``body`` to ``url`` without following redirects, the whole exchange (DNS, connect, TLS, the
+    request, the answer's head) within ``limits.total_timeout_s``.
+
+    The answer's body is never read whole: a 2xx answer's not at all, another's only up to ``quote_bytes``
+    (what a record of the failure quotes), within the same deadline; then the connection is closed. A
+    receiver answering gigabytes, or trickling its answer, costs neither memory nor time past the deadline.
+    """
     deadline = time.monotonic() + limits.total_timeout_s
     try:
         shown = display_url(url)
-        with _failures(shown, limits, deadline), _client(limits, deadline, headers) as client:
-            return client.post(url, content=body).status_code
+        with (
+            _failures(shown, limits, deadline),
+            _client(limits, deadline, {**headers, "accept-encoding": "identity"}) as client,
+            client.stream("POST", url, content=body) as response,
+        ):
+            if 200 <= response.status_code < 300:
+                return Answer(response.status_code)
+            return Answer(response.status_code, _start_of_body(response, quote_bytes))
     except OutboundError:
         raise
     except Exception as exc:

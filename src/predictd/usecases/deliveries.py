@@ -22,7 +22,7 @@ import structlog
 from ..config.settings import DEFAULT_WEBHOOK_SCHEDULE_S
 from ..core.domain import WebhookAttempt, WebhookDelivery, utcnow
 from ..core.ports import DeliveryStore
-from ..outbound import OutboundError, OutboundLimits
+from ..outbound import OutboundError, OutboundLimits, printable
 from ..webhooks import signed_headers
 
 log = structlog.get_logger("predictd.webhooks")
@@ -43,18 +43,27 @@ class DeliveryConfig:
     limits: OutboundLimits = field(default_factory=OutboundLimits)
 
 
+# Of a failed attempt's answer, read at most this much, and quote this many characters of it in its error:
+# enough to tell "wrong signature" from a proxy's error page, never the receiver's whole answer.
+QUOTED_ANSWER_BYTES = 1024
+QUOTED_ANSWER_CHARS = 200
+
+
 def post(
     url: str, body: bytes, headers: Mapping[str, str], limits: OutboundLimits
 ) -> tuple[int | None, str | None]:
-    """One synchronous, SSRF-guarded POST (run on a thread). Returns (status code, error)."""
+    """One synchronous, SSRF-guarded POST (run on a thread). Returns (status code, error): the error is
+    why no answer came, or the start of a non-2xx answer."""
     from ..outbound import http  # on the first webhook: the API process does not load httpx at rest
 
     try:
-        return http.post(url, body, headers=headers, limits=limits), None
+        answer = http.post(url, body, headers=headers, limits=limits, quote_bytes=QUOTED_ANSWER_BYTES)
     except OutboundError as exc:  # any failure of the receiver is recorded, never raised
         return None, exc.reason[:500]
     except Exception as exc:
         return None, (str(exc) or type(exc).__name__)[:500]
+    quoted = " ".join(answer.body_start.decode("utf-8", "replace").split())
+    return answer.status_code, printable(quoted, QUOTED_ANSWER_CHARS) or None
 
 
 class Dispatcher:
