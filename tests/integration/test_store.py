@@ -778,3 +778,41 @@ async def test_of_dispatchers_racing_for_a_due_webhook_only_one_claims_it(store:
     claims = await asyncio.gather(*(store.claim_delivery(due[0], lease) for _ in range(8)))
     assert sum(claims) == 1
     assert await store.due_deliveries(utcnow() + timedelta(seconds=1), limit=10) == []
+
+
+async def test_due_webhooks_leave_out_exactly_the_busy_receivers(store: SqlStore) -> None:
+    """The dispatcher asks for due rows without those of receivers whose slots are all taken: a URL equal
+    to a busy origin or going on from it with /, ? or #, never another host that merely starts alike."""
+    account = await store.create_account("a")
+    urls = [
+        "http://slow.example/hook",
+        "http://slow.example?p=1",
+        "http://slow.example",
+        "http://slow.example#x",
+        "http://slow.example.org/hook",
+        "http://slow.example:8080/hook",
+        "http://100%_sure.example/hook",
+        "http://100xysure.example/hook",
+    ]
+    p = queued(account.id)
+    await store.insert_prediction(p)
+
+    def planner(prediction: Prediction) -> list[NewDelivery]:
+        return [NewDelivery(new_id("msg_"), prediction.id, account.id, "completed", url, {}) for url in urls]
+
+    await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.transition(p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x")
+    later = utcnow() + timedelta(seconds=1)
+
+    async def due_urls(skip: list[str]) -> set[str]:
+        return {d.url for d in await store.due_deliveries(later, limit=20, skip_origins=skip)}
+
+    assert await due_urls([]) == set(urls)
+    assert await due_urls(["http://slow.example"]) == set(urls[4:])
+    # LIKE's wildcards in an origin are taken literally.
+    assert await due_urls(["http://100%_sure.example"]) == set(urls) - {urls[6]}
+    assert await store.next_delivery_at(skip_origins=[]) is not None
+    every_origin = ["http://slow.example", "http://slow.example.org", "http://slow.example:8080"]
+    every_origin += ["http://100%_sure.example", "http://100xysure.example"]
+    assert await due_urls(every_origin) == set()
+    assert await store.next_delivery_at(skip_origins=every_origin) is None

@@ -1,6 +1,7 @@
 """Webhook delivery against hostile and slow receivers on 127.0.0.1: an answer of hundreds of megabytes is
 never read into the server's memory, a receiver trickling its answer holds an attempt at most
-``[webhooks] attempt_timeout_s``, and what a failed attempt's receiver said is quoted in its error."""
+``[webhooks] attempt_timeout_s``, what a failed attempt's receiver said is quoted in its error, and a slow
+receiver with a backlog takes only its own slots while another receiver's webhooks go out at once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -27,6 +29,7 @@ CHUNK = b"\0" * (1024 * 1024)
 RSS_GROWTH_LIMIT_MB = 64
 TRICKLE_PAUSE_S = 0.2
 ERROR_PAGE = b"upstream exploded: the database is on fire\n"
+SLOW_ANSWER_S = 6.0
 
 
 class ReceiverServer(ThreadingHTTPServer):
@@ -37,6 +40,8 @@ class ReceiverServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.arrivals: list[tuple[str, float]] = []
         self.lock = threading.Lock()
+        self.answering = 0  # requests being answered right now
+        self.most_answering = 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -53,11 +58,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
+        body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
         with self.server.lock:
-            self.server.arrivals.append((self.path, time.monotonic()))
-        route = ROUTES[self.path]
-        route(self)
+            self.server.arrivals.append((str(body["id"]), time.monotonic()))
+            self.server.answering += 1
+            self.server.most_answering = max(self.server.most_answering, self.server.answering)
+        try:
+            ROUTES[self.path](self)
+        finally:
+            with self.server.lock:
+                self.server.answering -= 1
 
     def head(self, status: int, length: int) -> None:
         self.send_response(status)
@@ -92,6 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/ok": lambda h: h.head(204, 0),
+    "/slow": lambda h: (h.server.stopping.wait(SLOW_ANSWER_S), h.head(204, 0)),
     "/huge": lambda h: h.flood(200),
     "/huge-error": lambda h: h.flood(500),
     "/trickled-body": lambda h: (h.head(200, 10_000), h.trickle(b"." * 10_000)),
@@ -99,8 +110,8 @@ ROUTES: dict[str, Callable[[_Handler], None]] = {
 }
 
 
-@pytest.fixture
-def receiver() -> Iterator[ReceiverServer]:
+@contextlib.contextmanager
+def serving() -> Iterator[ReceiverServer]:
     server = ReceiverServer()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -111,6 +122,19 @@ def receiver() -> Iterator[ReceiverServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[ReceiverServer]:
+    with serving() as server:
+        yield server
+
+
+@pytest.fixture
+def other_receiver() -> Iterator[ReceiverServer]:
+    """A second receiver: another port, so another receiver to the dispatcher."""
+    with serving() as server:
+        yield server
 
 
 class PeakMemory:
@@ -142,11 +166,13 @@ class PeakMemory:
         return {pid: (self.peak[pid] - self.baseline[pid]) / 2**20 for pid in self.peak}
 
 
-def submit(client: httpx.Client, url: str) -> str:
-    answer = client.post(
-        "/v1/predictions", json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": url}}
-    )
+def submit(client: httpx.Client, url: str, *, wait: bool = False) -> str:
+    """An echo prediction whose webhook goes to ``url``; with ``wait``, answered once it has ended (and
+    its webhook is due)."""
+    body = {"model": "echo", "input": {"text": "x"}, "webhook": {"url": url}, "await": wait}
+    answer = client.post("/v1/predictions", json=body)
     assert answer.status_code in (200, 201), answer.text
+    assert not wait or answer.json()["status"] == "succeeded", answer.text
     return str(answer.json()["id"])
 
 
@@ -216,3 +242,40 @@ def test_a_trickling_receiver_holds_an_attempt_at_most_attempt_timeout_s(
     assert attempt["error"] == f"timed out after {ATTEMPT_TIMEOUT_S:g} s"
     assert 1000 * ATTEMPT_TIMEOUT_S * 0.9 < attempt["duration_ms"] < 1000 * (ATTEMPT_TIMEOUT_S + 0.5)
     assert elapsed < ATTEMPT_TIMEOUT_S + RECORDING_SLACK_S
+
+
+FAIR_CONFIG = """
+[webhooks]
+attempt_timeout_s = 10
+concurrency = 4
+receiver_concurrency = 2
+schedule_s = [60]
+allowed_networks = ["127.0.0.1/32"]
+"""
+SLOW_BACKLOG = 40  # more than the dispatcher reads at once
+PROMPT_S = 3.0  # well under SLOW_ANSWER_S: a fast receiver's webhook never waits for a slow one's answer
+
+
+def test_a_slow_receivers_backlog_never_delays_another_receivers_webhooks(
+    make_server: Any, receiver: ReceiverServer, other_receiver: ReceiverServer
+) -> None:
+    slow, fast = receiver, other_receiver
+    server = make_server(FAIR_CONFIG)
+    with server.client(server.key()) as client:
+        for _ in range(SLOW_BACKLOG):
+            submit(client, slow.url("/slow"), wait=True)
+        deadline = time.monotonic() + 30
+        while len(slow.arrivals) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(slow.arrivals) >= 2, "the slow receiver's slots are taken"
+        # Each measured from its prediction's end, when its webhook is due.
+        sent = {submit(client, fast.url("/ok"), wait=True): time.monotonic() for _ in range(6)}
+        deadline = time.monotonic() + SLOW_ANSWER_S
+        while len(fast.arrivals) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        waits = [arrived - sent[prediction_id] for prediction_id, arrived in fast.arrivals]
+    assert len(waits) == len(sent), f"{len(waits)} of {len(sent)} arrived while the slow receiver was busy"
+    assert max(waits) < PROMPT_S, waits
+    # The slow receiver got its own slots, and no more: two per dispatching process.
+    assert slow.most_answering <= 2 * len(server.processes()), slow.most_answering
+    assert len(slow.arrivals) < SLOW_BACKLOG

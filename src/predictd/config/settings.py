@@ -198,9 +198,16 @@ class WebhookSettings(BaseModel):
         default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE_S), description="Delays between attempts."
     )
     attempt_timeout_s: float = Field(
-        default=10.0, gt=0, description="One delivery attempt, from connecting to the receiver's answer."
+        default=10.0, gt=0, description="Longest one attempt takes, from DNS to the answer's head."
     )
-    concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries sent at once per process.")
+    concurrency: int = Field(default=8, ge=1, le=64, description="Attempts in flight at once, per process.")
+    receiver_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Attempts in flight at once to one receiver (host and port), per process: a slow "
+        "receiver's backlog waits for its own slots while everyone else's webhooks go out.",
+    )
     rotation_grace_s: float = Field(
         default=86400.0, ge=0, description="How long a rotated secret still signs."
     )

@@ -147,6 +147,7 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
         schedule_s=tuple(hooks.schedule_s),
         attempt_timeout_s=hooks.attempt_timeout_s,
         concurrency=hooks.concurrency,
+        receiver_concurrency=hooks.receiver_concurrency,
         limits=OutboundLimits(
             allow_private=hooks.allow_private,
             allowed_networks=tuple(hooks.allowed_networks),

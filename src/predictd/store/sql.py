@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Float,
     Row,
     String,
@@ -815,10 +816,16 @@ class SqlStore:
             )
         return secret
 
-    async def due_deliveries(self, now: datetime, limit: int) -> list[WebhookDelivery]:
+    async def due_deliveries(
+        self, now: datetime, limit: int, skip_origins: Sequence[str] = ()
+    ) -> list[WebhookDelivery]:
         query = (
             select(webhook_deliveries)
-            .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now)
+            .where(
+                webhook_deliveries.c.status == "pending",
+                webhook_deliveries.c.next_attempt_at <= now,
+                *_not_to(skip_origins),
+            )
             .order_by(webhook_deliveries.c.next_attempt_at)
             .limit(limit)
         )
@@ -826,9 +833,9 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [_delivery(r) for r in rows]
 
-    async def next_delivery_at(self) -> datetime | None:
+    async def next_delivery_at(self, skip_origins: Sequence[str] = ()) -> datetime | None:
         query = select(func.min(webhook_deliveries.c.next_attempt_at)).where(
-            webhook_deliveries.c.status == "pending"
+            webhook_deliveries.c.status == "pending", *_not_to(skip_origins)
         )
         async with self.engine.connect() as conn:
             value = (await conn.execute(query)).scalar_one_or_none()
@@ -955,6 +962,16 @@ def _delivery_row(d: NewDelivery) -> dict[str, Any]:
         "last_status_code": None,
         "last_error": None,
     }
+
+
+def _not_to(origins: Sequence[str]) -> list[ColumnElement[bool]]:
+    """Conditions leaving out the deliveries to ``origins``: URLs equal to one, or going on from it with
+    "/", "?" or "#" (so "http://a.example" never covers "http://a.example.org/")."""
+    url = webhook_deliveries.c.url
+    return [
+        ~or_(url == origin, *(url.startswith(origin + mark, autoescape=True) for mark in "/?#"))
+        for origin in origins
+    ]
 
 
 def _delivery(row: Row[Any], history: tuple[WebhookAttempt, ...] = ()) -> WebhookDelivery:
