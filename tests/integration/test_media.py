@@ -4,6 +4,7 @@ pinned-address connection."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import socket
@@ -23,7 +24,7 @@ import pytest
 
 from predictd.errors import ImageLoadError
 from predictd.media import MediaLimits, fetch_image_bytes, load_image
-from predictd.outbound import OutboundLimits
+from predictd.outbound import Deadline, OutboundLimits
 from predictd.outbound.guard import SafeNetworkBackend
 
 from ..unit.test_media_unit import bomb_png, jpeg_bytes, png_bytes
@@ -531,6 +532,25 @@ def test_read_timeout(server: MediaServer) -> None:
     url = server.url("/silent.png")
     assert fetch_error(url, limits) == f"{FIELD}: could not fetch {url}: no data received for 0.5 s"
     assert time.monotonic() - started < 3
+
+
+def test_a_callers_deadline_cuts_a_fetch_short(server: MediaServer) -> None:
+    """A prediction gives its image URLs part of the model's timeout: a fetch ends by the caller's
+    deadline when that comes before the [media] total_timeout_s."""
+    url = server.url("/slow-body.png")
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(url, field=FIELD, limits=LOOPBACK, deadline=Deadline.after(1.5))
+    assert str(caught.value) == f"{FIELD}: could not fetch {url}: timed out after 1.5 s"
+    assert 1.2 < time.monotonic() - started < 3
+    before = server.hits["/ok.png"]
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(server.url("/ok.png"), field=FIELD, limits=LOOPBACK, deadline=Deadline.after(0))
+    assert str(caught.value).endswith("/ok.png: no time was left to fetch it")
+    assert server.hits["/ok.png"] == before
+    # Data URIs take no fetching: an image given inline loads whatever the deadline.
+    inline = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert load_image(inline, field=FIELD, limits=LOOPBACK, deadline=Deadline.after(-1)).size == (8, 6)
 
 
 @contextlib.contextmanager

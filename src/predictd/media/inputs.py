@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import ImageLoadError
-from ..outbound import OutboundError, printable
+from ..outbound import Deadline, OutboundError, printable
 from .data_uris import PREFIX_HINT, decode_data_uri
 from .decoding import decode_image
 from .limits import MediaLimits
@@ -34,9 +34,12 @@ def _not_an_image(media_type: str) -> str | None:
     return None
 
 
-def fetch_image_bytes(url: str, *, field: str, limits: MediaLimits) -> bytes:
+def fetch_image_bytes(
+    url: str, *, field: str, limits: MediaLimits, deadline: Deadline | None = None
+) -> bytes:
     """The body of an image URL, fetched under the guard of :mod:`predictd.outbound`, at most
-    ``limits.max_bytes`` (also after gzip / deflate decoding)."""
+    ``limits.max_bytes`` (also after gzip / deflate decoding), within ``limits.fetch.total_timeout_s`` or
+    by ``deadline`` (the prediction's, shared by its images) if that ends first."""
     from ..outbound import http  # httpx, httpcore and ssl: only a worker that fetches a URL loads them
 
     try:
@@ -46,6 +49,7 @@ def fetch_image_bytes(url: str, *, field: str, limits: MediaLimits) -> bytes:
             max_bytes=limits.max_bytes,
             headers=_HEADERS,
             accept_type=_not_an_image,
+            within=deadline,
         )
     except OutboundError as exc:
         raise ImageLoadError(f"{field}: {exc}") from None
@@ -54,7 +58,7 @@ def fetch_image_bytes(url: str, *, field: str, limits: MediaLimits) -> bytes:
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]{0,31}):")
 
 
-def _load_image(value: str, field: str, limits: MediaLimits) -> Image.Image:
+def _load_image(value: str, field: str, limits: MediaLimits, deadline: Deadline | None) -> Image.Image:
     if not isinstance(value, str):
         raise ImageLoadError(f"{field}: expected a URL or data URI string, got {type(value).__name__}")
     head = value[:16].lower()
@@ -64,7 +68,7 @@ def _load_image(value: str, field: str, limits: MediaLimits) -> Image.Image:
     if head.startswith(("http://", "https://")):
         from ..outbound.http import display_url
 
-        data = fetch_image_bytes(value, field=field, limits=limits)
+        data = fetch_image_bytes(value, field=field, limits=limits, deadline=deadline)
         return decode_image(data, field=field, limits=limits, source=display_url(value))
     scheme = _SCHEME.match(value[:40])
     if scheme is not None and "/" in value[:48]:
@@ -74,13 +78,16 @@ def _load_image(value: str, field: str, limits: MediaLimits) -> Image.Image:
     raise ImageLoadError(f"{field}: neither an http(s) URL nor a data URI ({PREFIX_HINT})")
 
 
-def load_image(value: str, *, field: str, limits: MediaLimits) -> Image.Image:
-    """A fully loaded Pillow image from an http(s) URL or a ``data:image/...;base64,`` URI.
+def load_image(
+    value: str, *, field: str, limits: MediaLimits, deadline: Deadline | None = None
+) -> Image.Image:
+    """A fully loaded Pillow image from an http(s) URL or a ``data:image/...;base64,`` URI; a URL is
+    fetched by ``deadline`` at the latest (see :func:`fetch_image_bytes`).
 
     Every failure raises :class:`ImageLoadError` naming ``field`` and the reason.
     """
     try:
-        return _load_image(value, field, limits)
+        return _load_image(value, field, limits, deadline)
     except ImageLoadError:
         raise
     except Exception as exc:

@@ -15,9 +15,10 @@ process without webhooks or a worker without image URLs never needs them.
 """
 
 from .failures import OutboundError, Refused, Unreachable, printable
-from .policy import IPAddress, IPNetwork, OutboundLimits, address_kind, is_blocked_address
+from .policy import Deadline, IPAddress, IPNetwork, OutboundLimits, address_kind, is_blocked_address
 
 __all__ = [
+    "Deadline",
     "IPAddress",
     "IPNetwork",
     "OutboundError",

@@ -22,7 +22,7 @@ import httpx
 
 from .failures import OutboundError, Unreachable, printable
 from .guard import guarded_transport
-from .policy import OutboundLimits
+from .policy import Deadline, OutboundLimits
 
 MAX_URL_LENGTH = 8192
 
@@ -74,12 +74,12 @@ def _client(limits: OutboundLimits, deadline: float, headers: Mapping[str, str])
     )
 
 
-def _timed_out(limits: OutboundLimits, shown: str) -> OutboundError:
-    return OutboundError(f"timed out after {limits.total_timeout_s:g} s", shown)
+def _timed_out(deadline: Deadline, shown: str) -> OutboundError:
+    return OutboundError(f"timed out after {round(deadline.allotted_s, 1):g} s", shown)
 
 
 @contextlib.contextmanager
-def _failures(shown: str, limits: OutboundLimits, deadline: float) -> Iterator[None]:
+def _failures(shown: str, limits: OutboundLimits, deadline: Deadline) -> Iterator[None]:
     """httpx's exceptions, and the guard's below it, as OutboundError about ``shown``."""
     try:
         yield
@@ -88,8 +88,8 @@ def _failures(shown: str, limits: OutboundLimits, deadline: float) -> Iterator[N
     except OutboundError:
         raise
     except httpx.TimeoutException as exc:
-        if time.monotonic() >= deadline - 0.05:
-            raise _timed_out(limits, shown) from None
+        if time.monotonic() >= deadline.at - 0.05:
+            raise _timed_out(deadline, shown) from None
         if isinstance(exc, httpx.ConnectTimeout):
             why = f"connection timed out after {limits.connect_timeout_s:g} s"
         elif isinstance(exc, httpx.ReadTimeout):
@@ -101,9 +101,7 @@ def _failures(shown: str, limits: OutboundLimits, deadline: float) -> Iterator[N
         raise OutboundError(printable(str(exc), 160) or type(exc).__name__, shown) from None
 
 
-def read_capped(
-    response: httpx.Response, *, max_bytes: int, shown: str, limits: OutboundLimits, deadline: float
-) -> bytes:
+def read_capped(response: httpx.Response, *, max_bytes: int, shown: str, deadline: Deadline) -> bytes:
     """The body of ``response``, decoded from gzip / deflate, refused once it (or its raw form) is over
     ``max_bytes``, or when the deadline passes between two chunks."""
     too_large = OutboundError(f"{shown} is larger than {max_bytes} bytes")
@@ -119,8 +117,8 @@ def read_capped(
     body = bytearray()
     raw_size = 0
     for chunk in response.iter_raw():
-        if time.monotonic() >= deadline:
-            raise _timed_out(limits, shown)
+        if deadline.passed():
+            raise _timed_out(deadline, shown)
         raw_size += len(chunk)
         if raw_size > max_bytes:
             raise too_large
@@ -147,15 +145,18 @@ def _get(
     max_bytes: int,
     headers: Mapping[str, str],
     accept_type: Callable[[str], str | None],
+    within: Deadline | None,
 ) -> bytes:
-    deadline = time.monotonic() + limits.total_timeout_s
+    deadline = Deadline.of(limits, within)
     current = parse_url(url)
+    if deadline.passed():
+        raise OutboundError("no time was left to fetch it", display_url(current))
     redirects = 0
-    with _client(limits, deadline, headers) as client:
+    with _client(limits, deadline.at, headers) as client:
         while True:
             shown = display_url(current)
-            if time.monotonic() >= deadline:
-                raise _timed_out(limits, shown)
+            if deadline.passed():
+                raise _timed_out(deadline, shown)
             with _failures(shown, limits, deadline), client.stream("GET", current) as response:
                 if response.has_redirect_location:
                     if redirects >= limits.max_redirects:
@@ -169,9 +170,7 @@ def _get(
                 refusal = accept_type(content_type.split(";", 1)[0].strip().lower())
                 if refusal is not None:
                     raise OutboundError(refusal, shown)
-                return read_capped(
-                    response, max_bytes=max_bytes, shown=shown, limits=limits, deadline=deadline
-                )
+                return read_capped(response, max_bytes=max_bytes, shown=shown, deadline=deadline)
 
 
 def get(
@@ -181,14 +180,16 @@ def get(
     max_bytes: int,
     headers: Mapping[str, str],
     accept_type: Callable[[str], str | None],
+    within: Deadline | None = None,
 ) -> bytes:
-    """The body of ``url``, following at most ``limits.max_redirects`` redirects, each hop checked.
+    """The body of ``url``, following at most ``limits.max_redirects`` redirects, each hop checked, within
+    ``limits.total_timeout_s``, or ``within`` (a caller's deadline over several requests) if it ends first.
 
     The answer must be 2xx, and ``accept_type`` must accept its media type (lower case, without
     parameters; "" when there is none): it returns None, or the reason to refuse it.
     """
     try:
-        return _get(url, limits, max_bytes, headers, accept_type)
+        return _get(url, limits, max_bytes, headers, accept_type, within)
     except OutboundError:
         raise
     except Exception as exc:
@@ -202,10 +203,6 @@ class Answer:
 
     status_code: int
     body_start: bytes = b""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status_code < 300
 
 
 def _start_of_body(response: httpx.Response, limit: int) -> bytes:
@@ -232,12 +229,12 @@ def post(
     (what a record of the failure quotes), within the same deadline; then the connection is closed. A
     receiver answering gigabytes, or trickling its answer, costs neither memory nor time past the deadline.
     """
-    deadline = time.monotonic() + limits.total_timeout_s
+    deadline = Deadline.of(limits)
     try:
         shown = display_url(url)
         with (
             _failures(shown, limits, deadline),
-            _client(limits, deadline, {**headers, "accept-encoding": "identity"}) as client,
+            _client(limits, deadline.at, {**headers, "accept-encoding": "identity"}) as client,
             client.stream("POST", url, content=body) as response,
         ):
             if 200 <= response.status_code < 300:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,6 +37,28 @@ class OutboundLimits:
         if self.max_redirects < 0:
             raise ValueError("max_redirects must be >= 0")
         parse_networks(self.allowed_networks)  # raises ValueError naming a bad CIDR
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a request, or several of them together, must be over (a ``time.monotonic()`` value), and how
+    long they were given (what a timeout's message says)."""
+
+    at: float
+    allotted_s: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    @classmethod
+    def of(cls, limits: OutboundLimits, within: Deadline | None = None) -> Deadline:
+        """One request's deadline: ``limits.total_timeout_s`` from now, or ``within`` if that ends first."""
+        own = cls.after(limits.total_timeout_s)
+        return within if within is not None and within.at < own.at else own
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
 
 
 @functools.lru_cache(maxsize=64)

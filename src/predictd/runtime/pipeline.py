@@ -7,7 +7,7 @@ import base64
 import io
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import orjson
 from ..core.schema_marks import MEDIA_KEY, MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64, fields_marked
 from ..errors import ContentModerationError, PipelineError
 from ..media.outputs import LocalOutputs
+from ..outbound import Deadline
 from .types import loaded_image_class
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from ..media import MediaLimits
 
 CONFIG_ENV = "PREDICTD_WORKER_CONFIG"
+MODEL_TIMEOUT_ENV = "PREDICTD_MODEL_TIMEOUT_S"  # the served model's timeout_s, set per worker
+
+# The image URLs of one prediction are fetched within this share of the model's timeout_s, all together
+# (each also within [media] total_timeout_s): a slow URL fails the prediction as ImageLoadError naming its
+# input, leaving the model the rest, instead of holding the worker until the deadline.
+FETCH_SHARE_OF_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,7 @@ class WorkerConfig:
     outputs_ttl_s: float = 72 * 3600
     media: dict[str, Any] = field(default_factory=dict)
     image_moderation: dict[str, float] = field(default_factory=dict)
+    model_timeout_s: float | None = None  # from MODEL_TIMEOUT_ENV: one config serves every model
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -41,7 +49,9 @@ class WorkerConfig:
     @classmethod
     def from_env(cls) -> WorkerConfig:
         raw = os.environ.get(CONFIG_ENV)
-        return cls(**orjson.loads(raw)) if raw else cls()
+        config = cls(**orjson.loads(raw)) if raw else cls()
+        timeout = os.environ.get(MODEL_TIMEOUT_ENV)
+        return replace(config, model_timeout_s=float(timeout)) if timeout else config
 
     def media_limits(self) -> MediaLimits:
         """The ``[media]`` settings (one flat table) as the image loader's limits."""
@@ -62,6 +72,8 @@ class Pipeline:
         self._reserved = {MODERATION_LEVEL, OUTPUT_FORMAT, RETURN_BASE64} - model_params
         # The media loader is imported only by a model that takes images (a model without never needs it).
         self._limits = config.media_limits() if self._image_fields else None
+        timeout = config.model_timeout_s
+        self._fetch_budget_s = timeout * FETCH_SHARE_OF_TIMEOUT if timeout is not None else None
         self._outputs = (
             LocalOutputs(Path(config.outputs_dir), config.outputs_ttl_s) if config.outputs_dir else None
         )
@@ -80,22 +92,24 @@ class Pipeline:
         inputs = dict(raw)
         options = {name: inputs.pop(name) for name in self._reserved if name in inputs}
         level = str(options.get(MODERATION_LEVEL, "conservative"))
+        budget = self._fetch_budget_s
+        deadline = Deadline.after(budget) if budget is not None else None
         for name in self._image_fields:
             value = inputs.get(name)
             if isinstance(value, str):
-                inputs[name] = self._load(value, f"input.{name}", level)
+                inputs[name] = self._load(value, f"input.{name}", level, deadline)
             elif isinstance(value, list):
                 inputs[name] = [
-                    self._load(item, f"input.{name}[{i}]", level) if isinstance(item, str) else item
+                    self._load(item, f"input.{name}[{i}]", level, deadline) if isinstance(item, str) else item
                     for i, item in enumerate(value)
                 ]
         return inputs, options
 
-    def _load(self, value: str, where: str, level: str) -> Image.Image:
+    def _load(self, value: str, where: str, level: str, deadline: Deadline | None) -> Image.Image:
         from ..media import load_image
 
         assert self._limits is not None  # made in __init__ for a model with image fields
-        image = load_image(value, field=where, limits=self._limits)
+        image = load_image(value, field=where, limits=self._limits, deadline=deadline)
         self._moderate(image, where, level)
         return image
 

@@ -36,6 +36,7 @@ from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
 from ..core.ports import Job, WorkSource
 from .executor import Executor
+from .pipeline import MODEL_TIMEOUT_ENV
 from .process import Outcome, WorkerDied, WorkerProcess, WorkerStartError
 
 log = structlog.get_logger("predictd.runtime")
@@ -172,9 +173,8 @@ class Supervisor:
         while not slot.up:
             slot.starting = True
             try:
-                slot.worker = await WorkerProcess.start(
-                    slot.model.ref, self._start_timeout_s, self._worker_env
-                )
+                env = {**self._worker_env, MODEL_TIMEOUT_ENV: repr(slot.model.timeout_s)}
+                slot.worker = await WorkerProcess.start(slot.model.ref, self._start_timeout_s, env)
                 slot.ever_ready = True
                 self._schemas[slot.model.slug] = (
                     slot.worker.ready.input_schema,
