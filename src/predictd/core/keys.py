@@ -1,11 +1,16 @@
-"""API keys: generated with 256 bits of randomness, shown once, stored only as a SHA-256 digest.
+"""Secrets predictd generates: API keys and webhook signing secrets.
 
-A fast digest is the right tool here (as GitHub and Stripe do): keys are random, not passwords, so there is
+API keys are generated with 256 bits of randomness, shown once, stored only as a SHA-256 digest. A fast
+digest is the right tool here (as GitHub and Stripe do): keys are random, not passwords, so there is
 nothing to brute-force, and lookups must be cheap on every request.
+
+Webhook signing secrets are kept as they are (the signer needs them), in the Standard Webhooks form:
+``whsec_`` and 32 random bytes in base64.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -33,3 +38,7 @@ def digest(secret: str) -> str:
 
 def matches(secret: str, stored_digest: str) -> bool:
     return hmac.compare_digest(digest(secret), stored_digest)
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -49,6 +49,7 @@ from ..core.domain import (
     to_micros,
     utcnow,
 )
+from ..core.keys import new_webhook_secret
 from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
 from .engines import Connection, Engine, ThreadedEngine
 from .migrate import at_head, migration_lock, upgrade_to_head
@@ -776,14 +777,12 @@ class SqlStore:
         # The first secret is added, never rotated in: two first reads at once (a webhook being signed
         # while the account asks for its secret) each add one and both stay valid, whereas a rotation
         # would expire the secret the other reader has already handed out.
-        from ..webhooks import new_secret
-
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(webhook_secrets).values(
                     id=new_id("whs_"),
                     account_id=account_id,
-                    secret=new_secret(),
+                    secret=new_webhook_secret(),
                     created_at=now,
                     expires_at=None,
                 )
@@ -793,10 +792,8 @@ class SqlStore:
 
     async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str:
         """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
-        from ..webhooks import new_secret
-
         now = utcnow()
-        secret = new_secret()
+        secret = new_webhook_secret()
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(webhook_secrets)
