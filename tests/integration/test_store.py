@@ -33,7 +33,7 @@ from predictd.core.domain import (
 from predictd.core.ports import IdempotencyKeyTaken, ListQuery, Move
 from predictd.dispatch.local import LocalNotifier
 from predictd.runtime.executor import Executor
-from predictd.runtime.process import Failed, Succeeded, WorkerDied
+from predictd.runtime.outcomes import Failed, Succeeded, WorkerDied
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import UNFINISHED_SQL, metadata, predictions

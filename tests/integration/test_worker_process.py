@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from predictd.runtime.process import Cancelled, Succeeded, WorkerProcess
+from predictd.runtime.outcomes import Cancelled, Succeeded
+from predictd.runtime.process import WorkerProcess
 
 
 @pytest.fixture

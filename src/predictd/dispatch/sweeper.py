@@ -22,9 +22,7 @@ from redis.exceptions import RedisError
 from ..core.domain import Prediction, Status, utcnow
 from ..core.ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, Store
 from ..core.redis_keys import RedisKeys
-from ..errors import UNAVAILABLE_ERROR
-from ..runtime.executor import failure_changes
-from ..runtime.process import unavailable_failure
+from ..runtime.outcomes import Failed, failure_changes, unserved_failure
 from .redis_streams import RedisBroker
 
 log = structlog.get_logger("predictd.sweeper")
@@ -120,7 +118,7 @@ class Sweeper:
                 continue
             self._suspicion.since.pop(prediction.id, None)
             if self._catalog.get(prediction.model) is None:
-                await self._fail(prediction, f"model {prediction.model!r} is no longer served")
+                await self._fail(prediction, unserved_failure(prediction.model))
                 report.failed += 1
                 continue
             await self._limits.try_acquire(prediction.account_id, prediction.id, None)
@@ -141,8 +139,7 @@ class Sweeper:
             counts = await pipe.execute()
         return {p.id: int(n) > 0 for p, n in zip(predictions, counts, strict=True)}
 
-    async def _fail(self, prediction: Prediction, reason: str) -> None:
-        failure = unavailable_failure(f"{UNAVAILABLE_ERROR.meaning} ({reason})")
+    async def _fail(self, prediction: Prediction, failure: Failed) -> None:
         stored = await self._store.transition(
             prediction.id, Status.FAILED, deliveries=self._deliveries, **failure_changes(failure, utcnow())
         )

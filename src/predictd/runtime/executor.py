@@ -1,18 +1,17 @@
 """Running one prediction against the store: claim it, then record what the worker reported.
 
 Every write is a state-machine transition in the store, so a prediction cancelled meanwhile, or already
-completed elsewhere, refuses the late write instead of being overwritten.
+completed elsewhere, refuses the late write instead of being overwritten. What each outcome writes is
+decided by outcomes.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from ..core.domain import ModelInfo, Prediction, Status, price_of, utcnow
+from ..core.domain import ModelInfo, Prediction, Status, utcnow
 from ..core.ports import DeliveryPlanner, Move, Notifier, Store
-from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
-from .process import Cancelled, Failed, Outcome, Succeeded, WorkerDied
+from .outcomes import STOPPED_ANSWERING, Outcome, WorkerDied, final_state, lost_run_failure
 
 
 class Executor:
@@ -34,7 +33,7 @@ class Executor:
         if claimed is None and orphaned:
             current = await self._store.get_prediction(prediction_id)
             if current is not None and current.status is Status.PROCESSING:
-                _, requeued = await self.record(current, WorkerDied("its worker stopped answering"))
+                _, requeued = await self.record(current, STOPPED_ANSWERING)
                 if requeued:
                     claimed = (await self.claim_many([prediction_id]))[0]
         return claimed
@@ -76,53 +75,15 @@ class Executor:
         self, prediction: Prediction, outcome: Outcome, model: ModelInfo | None
     ) -> tuple[Move, bool]:
         """The move that records ``outcome``, and whether it queues the prediction again."""
-        now = utcnow()
-        if isinstance(outcome, Succeeded):
-            changes = {
-                "output": outcome.output,
-                "completed_at": now,
-                "predict_time": outcome.predict_time,
-                "cost": cost_of(model, outcome.predict_time),
-            }
-            return Move(prediction.id, Status.SUCCEEDED, changes=changes), False
-        if isinstance(outcome, Cancelled):
-            changes = {"completed_at": now, "predict_time": outcome.predict_time}
-            return Move(prediction.id, Status.CANCELLED, changes=changes), False
         if isinstance(outcome, WorkerDied):
-            if prediction.attempts < self._max_attempts:
+            failure = lost_run_failure(prediction, outcome, self._max_attempts)
+            if failure is None:
                 return Move(prediction.id, Status.QUEUED), True
-            outcome = Failed(
-                UNAVAILABLE_ERROR.name,
-                f"the worker running this prediction died {prediction.attempts} time(s): {outcome.detail}",
-                None,
-            )
-        return Move(prediction.id, failure_status(outcome), changes=failure_changes(outcome, now)), False
+            outcome = failure
+        status, changes = final_state(outcome, model, utcnow())
+        return Move(prediction.id, status, changes=changes), False
 
 
 def _claim(prediction_id: str) -> Move:
     return Move(prediction_id, Status.PROCESSING, count_attempt=True, changes={"started_at": utcnow()})
 
-
-def failure_status(failure: Failed) -> Status:
-    return Status.TIMED_OUT if failure.error_name == DEADLINE_EXCEEDED.name else Status.FAILED
-
-
-def failure_changes(failure: Failed, now: Any) -> dict[str, Any]:
-    """A failed prediction keeps no inputs or outputs (data_removed) and is never charged."""
-    return {
-        "error_name": failure.error_name,
-        "error_message": failure.message,
-        "completed_at": now,
-        "predict_time": failure.predict_time,
-        "input": None,
-        "output": None,
-        "data_removed": True,
-    }
-
-
-def cost_of(model: ModelInfo | None, predict_time: float) -> float:
-    """The price of a success; per-second pricing counts at most the model's deadline, which is what a
-    prepaid account had reserved."""
-    if model is None:
-        return 0.0
-    return price_of(model.price, model.price_unit, min(predict_time, model.timeout_s))

@@ -13,48 +13,12 @@ from typing import Any
 
 import orjson
 
-from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
+from .outcomes import Cancelled, Failed, Outcome, Succeeded, WorkerDied, deadline_failure
 
 # Outputs can be large (images as base64); one protocol line may be this long.
 MAX_LINE_BYTES = 256 * 1024 * 1024
 # What one read from a worker's stdout takes at most: every answer the pipe holds, usually.
 _READ_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Succeeded:
-    output: Any
-    predict_time: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error_name: str
-    message: str
-    predict_time: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    predict_time: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDied:
-    """The worker process ended while it held the prediction: the prediction may be run again."""
-
-    detail: str
-
-
-Outcome = Succeeded | Failed | Cancelled | WorkerDied
-
-
-def deadline_failure(timeout_s: float) -> Failed:
-    return Failed(DEADLINE_EXCEEDED.name, f"prediction exceeded its {timeout_s:g} s deadline", timeout_s)
-
-
-def unavailable_failure(detail: str) -> Failed:
-    return Failed(UNAVAILABLE_ERROR.name, detail, None)
 
 
 class WorkerStartError(Exception):

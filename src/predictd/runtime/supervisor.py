@@ -36,8 +36,9 @@ from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
 from ..core.ports import Job, WorkSource
 from .executor import Executor
+from .outcomes import Outcome, WorkerDied
 from .pipeline import MODEL_TIMEOUT_ENV
-from .process import Outcome, WorkerDied, WorkerProcess, WorkerStartError
+from .process import WorkerProcess, WorkerStartError
 
 log = structlog.get_logger("predictd.runtime")
 

@@ -6,9 +6,7 @@ import structlog
 
 from ..core.domain import Status, utcnow
 from ..core.ports import Broker, DeliveryPlanner, ModelCatalog, Notifier, PredictionStore
-from ..errors import UNAVAILABLE_ERROR
-from ..runtime.executor import failure_changes
-from ..runtime.process import unavailable_failure
+from ..runtime.outcomes import SERVER_STOPPED, failure_changes, lost_run_failure
 from .predictions import Predictions
 
 log = structlog.get_logger("predictd.recovery")
@@ -43,7 +41,8 @@ class Recovery:
         requeued = failed = 0
         for prediction in await self._store.list_unfinished():
             served = self._catalog.get(prediction.model) is not None
-            if served and (prediction.status is Status.QUEUED or prediction.attempts < self._max_attempts):
+            failure = lost_run_failure(prediction, SERVER_STOPPED, self._max_attempts, served=served)
+            if failure is None:
                 back_in_queue = prediction.status is Status.QUEUED or (
                     await self._store.transition(prediction.id, Status.QUEUED) is not None
                 )
@@ -53,12 +52,6 @@ class Recovery:
                 await self._broker.enqueue(prediction.id, prediction.model)
                 requeued += 1
                 continue
-            reason = (
-                f"model {prediction.model!r} is no longer served"
-                if not served
-                else f"the server stopped while it ran, {prediction.attempts} time(s)"
-            )
-            failure = unavailable_failure(f"{UNAVAILABLE_ERROR.meaning} ({reason})")
             stored = await self._store.transition(
                 prediction.id,
                 Status.FAILED,

@@ -1,0 +1,141 @@
+"""How a run ends, and what each ending does to its prediction: every failure rule, in one place.
+
+    Outcome: what a worker slot learns of a run
+     ├── Succeeded ──────────────────────────> SUCCEEDED  output kept; charged cost_of(): the model's flat
+     │                                                    price, or its price per second of predict_time
+     │                                                    counting at most the model's deadline (what a
+     │                                                    prepaid account had reserved)
+     ├── Cancelled ──────────────────────────> CANCELLED  never charged
+     ├── Failed ──┬── DeadlineExceeded ──────> TIMED_OUT ─┐ input and output cleared (data_removed),
+     │            │   (deadline_failure)                  │ never charged
+     │            └── any other error name ──> FAILED ────┘ (failure_status, failure_changes)
+     └── WorkerDied ── a lost run, below
+
+    A lost run (lost_run_failure): the worker died holding it (WorkerDied), its worker stopped answering
+    and its lease was taken over (STOPPED_ANSWERING), or the server stopped while it ran (SERVER_STOPPED)
+     ├── its model is no longer served ──────> Failed(UnavailableError, "... is no longer served")
+     ├── still QUEUED, or attempts remain ───> QUEUED again: the next claim counts another attempt
+     └── its attempts are used up ───────────> Failed(UnavailableError, what happened, how many times)
+
+Pure data and rules, applied to the store by the run recorder (usecases/runs.py) and by recovery at start
+(usecases/recovery.py). The sweeper (dispatch/sweeper.py) fails a run Redis lost only when its model is no
+longer served (unserved_failure): any other it hands over as orphaned, and the worker that takes it records
+the lost run, under the same rule, as it claims it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..core.domain import ModelInfo, Prediction, Status, price_of
+from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    output: Any
+    predict_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error_name: str
+    message: str
+    predict_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    predict_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDied:
+    """The worker process ended while it held the prediction: the prediction may be run again."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStopped:
+    """The prediction was found PROCESSING when the server started: the server stopped while it ran."""
+
+
+Outcome = Succeeded | Failed | Cancelled | WorkerDied
+LostRun = WorkerDied | ServerStopped
+
+# A job handed over as orphaned (its worker's lease ran out) whose prediction is still PROCESSING.
+STOPPED_ANSWERING = WorkerDied("its worker stopped answering")
+SERVER_STOPPED = ServerStopped()
+
+
+def deadline_failure(timeout_s: float) -> Failed:
+    return Failed(DEADLINE_EXCEEDED.name, f"prediction exceeded its {timeout_s:g} s deadline", timeout_s)
+
+
+def final_state(
+    outcome: Succeeded | Failed | Cancelled, model: ModelInfo | None, now: datetime
+) -> tuple[Status, dict[str, Any]]:
+    """The status an ended run moves its prediction to, and the columns it sets."""
+    if isinstance(outcome, Succeeded):
+        changes = {
+            "output": outcome.output,
+            "completed_at": now,
+            "predict_time": outcome.predict_time,
+            "cost": cost_of(model, outcome.predict_time),
+        }
+        return Status.SUCCEEDED, changes
+    if isinstance(outcome, Cancelled):
+        return Status.CANCELLED, {"completed_at": now, "predict_time": outcome.predict_time}
+    return failure_status(outcome), failure_changes(outcome, now)
+
+
+def failure_status(failure: Failed) -> Status:
+    return Status.TIMED_OUT if failure.error_name == DEADLINE_EXCEEDED.name else Status.FAILED
+
+
+def failure_changes(failure: Failed, now: datetime) -> dict[str, Any]:
+    """A failed prediction keeps no inputs or outputs (data_removed) and is never charged."""
+    return {
+        "error_name": failure.error_name,
+        "error_message": failure.message,
+        "completed_at": now,
+        "predict_time": failure.predict_time,
+        "input": None,
+        "output": None,
+        "data_removed": True,
+    }
+
+
+def cost_of(model: ModelInfo | None, predict_time: float) -> float:
+    """The price of a success; per-second pricing counts at most the model's deadline, which is what a
+    prepaid account had reserved."""
+    if model is None:
+        return 0.0
+    return price_of(model.price, model.price_unit, min(predict_time, model.timeout_s))
+
+
+def lost_run_failure(
+    prediction: Prediction, lost: LostRun, max_attempts: int, *, served: bool = True
+) -> Failed | None:
+    """The lost-run rule: None when the prediction is to be queued again, else the failure to record.
+    ``prediction`` as it was when the run was lost (its attempts count that run); a prediction still QUEUED
+    lost no run and is queued again whatever its attempts."""
+    if not served:
+        return unserved_failure(prediction.model)
+    if prediction.status is Status.QUEUED or prediction.attempts < max_attempts:
+        return None
+    if isinstance(lost, ServerStopped):
+        why = f"{UNAVAILABLE_ERROR.meaning} (the server stopped while it ran, {prediction.attempts} time(s))"
+    else:
+        why = f"the worker running this prediction died {prediction.attempts} time(s): {lost.detail}"
+    return Failed(UNAVAILABLE_ERROR.name, why, None)
+
+
+def unserved_failure(model: str) -> Failed:
+    """No worker will ever take a prediction whose model is no longer served."""
+    return Failed(
+        UNAVAILABLE_ERROR.name, f"{UNAVAILABLE_ERROR.meaning} (model {model!r} is no longer served)", None
+    )

@@ -1,0 +1,87 @@
+"""The failure rules: what each way a run ends does to its prediction, and what a lost run becomes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from predictd.core.domain import ModelInfo, Prediction, Status, new_id, utcnow
+from predictd.runtime.outcomes import (
+    SERVER_STOPPED,
+    STOPPED_ANSWERING,
+    Cancelled,
+    Failed,
+    LostRun,
+    Succeeded,
+    WorkerDied,
+    deadline_failure,
+    final_state,
+    lost_run_failure,
+)
+
+NOW = datetime(2026, 1, 1)
+PER_SECOND = ModelInfo("m", "", True, None, None, price=0.5, price_unit="second", timeout_s=10.0)
+
+
+def prediction(status: Status = Status.PROCESSING, attempts: int = 1) -> Prediction:
+    return Prediction(new_id(), "acct", "echo", status, {"text": "x"}, utcnow(), attempts=attempts)
+
+
+def test_a_success_keeps_its_output_and_pays_per_second_up_to_the_deadline_only() -> None:
+    assert final_state(Succeeded("out", 4.0), PER_SECOND, NOW) == (
+        Status.SUCCEEDED,
+        {"output": "out", "completed_at": NOW, "predict_time": 4.0, "cost": 2.0},
+    )
+    status, changes = final_state(Succeeded("out", 60.0), PER_SECOND, NOW)
+    assert (status, changes["cost"]) == (Status.SUCCEEDED, 5.0)
+
+
+def test_a_failure_clears_inputs_and_outputs_and_costs_nothing_and_a_deadline_times_out() -> None:
+    status, changes = final_state(Failed("PipelineError", "boom", 0.5), PER_SECOND, NOW)
+    assert status is Status.FAILED
+    assert changes == {
+        "error_name": "PipelineError",
+        "error_message": "boom",
+        "completed_at": NOW,
+        "predict_time": 0.5,
+        "input": None,
+        "output": None,
+        "data_removed": True,
+    }
+    status, changes = final_state(deadline_failure(30.0), PER_SECOND, NOW)
+    assert (status, changes["error_name"], changes["error_message"]) == (
+        Status.TIMED_OUT,
+        "DeadlineExceeded",
+        "prediction exceeded its 30 s deadline",
+    )
+    assert final_state(Cancelled(0.25), PER_SECOND, NOW) == (
+        Status.CANCELLED,
+        {"completed_at": NOW, "predict_time": 0.25},
+    )
+
+
+@pytest.mark.parametrize("lost", [WorkerDied("killed"), STOPPED_ANSWERING, SERVER_STOPPED])
+def test_a_lost_run_is_queued_again_while_attempts_remain(lost: LostRun) -> None:
+    assert lost_run_failure(prediction(attempts=1), lost, max_attempts=2) is None
+    assert lost_run_failure(prediction(Status.QUEUED, attempts=5), lost, max_attempts=2) is None
+
+
+def test_a_lost_run_out_of_attempts_fails_as_unavailable_saying_why() -> None:
+    died = lost_run_failure(prediction(attempts=2), WorkerDied("exit code -9"), max_attempts=2)
+    assert died == Failed(
+        "UnavailableError", "the worker running this prediction died 2 time(s): exit code -9", None
+    )
+    stopped = lost_run_failure(prediction(attempts=2), SERVER_STOPPED, max_attempts=2)
+    assert stopped is not None
+    assert stopped.error_name == "UnavailableError"
+    assert stopped.message.endswith("(the server stopped while it ran, 2 time(s))")
+
+
+def test_a_run_of_a_model_no_longer_served_fails_whatever_its_attempts() -> None:
+    failure = lost_run_failure(prediction(Status.QUEUED, attempts=0), SERVER_STOPPED, 2, served=False)
+    assert failure is not None
+    assert (failure.error_name, failure.message.endswith("(model 'echo' is no longer served)")) == (
+        "UnavailableError",
+        True,
+    )
