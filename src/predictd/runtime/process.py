@@ -1,4 +1,4 @@
-"""The server's handle on one worker subprocess (see worker_main.py for the other end of the pipe)."""
+"""The server's handle on one worker subprocess (its body: worker_main.py; what they say: protocol.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ import os
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from . import protocol
 from .outcomes import Cancelled, Failed, Outcome, Succeeded, WorkerDied, deadline_failure
 
-# Outputs can be large (images as base64); one protocol line may be this long.
-MAX_LINE_BYTES = 256 * 1024 * 1024
 # What one read from a worker's stdout takes at most: every answer the pipe holds, usually.
 _READ_BYTES = 256 * 1024
 
@@ -25,21 +21,13 @@ class WorkerStartError(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class ReadyInfo:
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any]
-    setup_time: float
-    pid: int
-
-
 class WorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, ready: ReadyInfo, cancel_fd: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, ready: protocol.Ready, cancel_fd: int) -> None:
         self._proc = proc
         self.ready = ready
-        self._cancel_fd = cancel_fd  # write end of the worker's cancel pipe (see worker_main.py)
-        # Messages read from the worker and not yet taken, and the start of a line not yet whole.
-        self._messages: deque[dict[str, Any]] = deque()
+        self._cancel_fd = cancel_fd  # write end of the worker's cancel pipe (see protocol.py)
+        # Answers read from the worker and not yet taken, and the start of a line not yet whole.
+        self._answers: deque[protocol.Answer] = deque()
         self._partial = bytearray()
 
     @property
@@ -63,13 +51,13 @@ class WorkerProcess:
                     ref,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
-                    limit=MAX_LINE_BYTES,
+                    limit=protocol.MAX_LINE_BYTES,
                     pass_fds=(cancel_read,),
                     env={
                         **os.environ,
                         "PYTHONUNBUFFERED": "1",
                         **(env or {}),
-                        "PREDICTD_CANCEL_FD": str(cancel_read),
+                        protocol.CANCEL_FD_ENV: str(cancel_read),
                     },
                 )
             finally:
@@ -83,35 +71,21 @@ class WorkerProcess:
     async def _handshake(
         cls, proc: asyncio.subprocess.Process, timeout: float, cancel_fd: int
     ) -> WorkerProcess:
+        assert proc.stdout is not None
         try:
             async with asyncio.timeout(timeout):
-                message = await cls._read(proc)
+                line = await proc.stdout.readline()
         except TimeoutError:
             await _terminate(proc)
             raise WorkerStartError(f"model setup did not finish within {timeout:g} s") from None
-        if message is None:
+        if not line:
             await _terminate(proc)
             raise WorkerStartError(f"worker exited during setup (exit code {proc.returncode})")
-        if message.get("type") != "ready":
+        setup = protocol.decode_setup(line)
+        if not isinstance(setup, protocol.Ready):
             await _terminate(proc)
-            raise WorkerStartError(str(message.get("message", "model setup failed")))
-        ready = ReadyInfo(
-            input_schema=message["input_schema"],
-            output_schema=message["output_schema"],
-            setup_time=float(message["setup_time"]),
-            pid=int(message["pid"]),
-        )
-        return cls(proc, ready, cancel_fd)
-
-    @staticmethod
-    async def _read(proc: asyncio.subprocess.Process) -> dict[str, Any] | None:
-        assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        if not line:
-            return None
-        message = orjson.loads(line)
-        assert isinstance(message, dict)
-        return message
+            raise WorkerStartError("model setup failed" if setup is None else setup.message)
+        return cls(proc, setup, cancel_fd)
 
     def send(self, prediction_id: str, inputs: dict[str, Any]) -> bool:
         """Hand the worker a prediction; it runs its predictions in the order sent. False: the worker is gone
@@ -121,9 +95,7 @@ class WorkerProcess:
         if self._proc.stdin.is_closing():
             return False
         try:
-            self._proc.stdin.write(
-                orjson.dumps({"type": "predict", "id": prediction_id, "input": inputs}) + b"\n"
-            )
+            self._proc.stdin.write(protocol.Predict(prediction_id, inputs).encode())
         except (BrokenPipeError, ConnectionResetError):
             return False
         return True
@@ -146,28 +118,26 @@ class WorkerProcess:
             return deadline_failure(timeout)
 
     async def _await_answer(self, prediction_id: str) -> Outcome:
-        messages = self._messages
+        answers = self._answers
         while True:
-            while messages and messages[0].get("id") != prediction_id:
-                messages.popleft()  # the answer of a prediction given up on (its deadline passed)
+            while answers and answers[0].id != prediction_id:
+                answers.popleft()  # the answer of a prediction given up on (its deadline passed)
             outcome = self.answered(prediction_id)
             if outcome is not None:
                 return outcome
-            if not messages and not await self._read_more():
+            if not answers and not await self._read_more():
                 await self._proc.wait()
                 self._close_cancel_pipe()
                 return WorkerDied(f"worker exited with code {self._proc.returncode} during the prediction")
 
     def answered(self, prediction_id: str) -> Outcome | None:
         """The outcome of the next prediction the worker answers, ``prediction_id``, if that answer has been
-        read already; None otherwise, without waiting and without taking any other message (``answer``
+        read already; None otherwise, without waiting and without taking any other answer (``answer``
         skips those of predictions given up on). Under load a worker runs ahead of the server and several
         answers arrive in one read: the caller can record them together."""
-        messages = self._messages
-        while messages and messages[0].get("id") == prediction_id:
-            outcome = _outcome(messages.popleft())
-            if outcome is not None:
-                return outcome
+        answers = self._answers
+        if answers and answers[0].id == prediction_id:
+            return _outcome(answers.popleft())
         return None
 
     async def _read_more(self) -> bool:
@@ -181,12 +151,13 @@ class WorkerProcess:
         partial += chunk
         end = partial.rfind(b"\n", searched)
         if end < 0:
-            if len(partial) > MAX_LINE_BYTES:
-                raise ValueError(f"a worker message is longer than {MAX_LINE_BYTES} bytes")
+            if len(partial) > protocol.MAX_LINE_BYTES:
+                raise ValueError(f"a worker message is longer than {protocol.MAX_LINE_BYTES} bytes")
             return True
         lines = bytes(partial[:end]).split(b"\n")
         del partial[: end + 1]
-        self._messages.extend(orjson.loads(line) for line in lines if line)
+        answers = (protocol.decode_answer(line) for line in lines if line)
+        self._answers.extend(answer for answer in answers if answer is not None)
         return True
 
     def interrupt(self, prediction_id: str) -> None:
@@ -195,7 +166,7 @@ class WorkerProcess:
         if not self.alive or self._cancel_fd < 0:
             return
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(self._cancel_fd, prediction_id.encode() + b"\n")
+            os.write(self._cancel_fd, protocol.Cancel(prediction_id).encode())
         with contextlib.suppress(ProcessLookupError):
             self._proc.send_signal(signal.SIGUSR1)
 
@@ -213,16 +184,12 @@ class WorkerProcess:
             self._cancel_fd = -1
 
 
-def _outcome(message: dict[str, Any]) -> Outcome | None:
-    kind = message.get("type")
-    predict_time = message.get("predict_time")
-    if kind == "succeeded":
-        return Succeeded(message.get("output"), float(predict_time or 0.0))
-    if kind == "failed":
-        return Failed(str(message["error_name"]), str(message["message"]), predict_time)
-    if kind == "cancelled":
-        return Cancelled(predict_time)
-    return None
+def _outcome(answer: protocol.Answer) -> Outcome:
+    if isinstance(answer, protocol.Done):
+        return Succeeded(answer.output, answer.predict_time)
+    if isinstance(answer, protocol.Failed):
+        return Failed(answer.error_name, answer.message, answer.predict_time)
+    return Cancelled(answer.predict_time)
 
 
 async def _terminate(proc: asyncio.subprocess.Process, graceful: bool = True) -> None:

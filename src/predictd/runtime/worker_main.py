@@ -1,14 +1,12 @@
-"""The body of a worker subprocess: load one model once, then run predictions sent over stdin.
+"""The body of a worker subprocess: load one model once, then run the predictions sent over stdin.
 
-Protocol: one orjson object per line. The server sends ``{"type": "predict", "id", "input"}``; the worker
-answers ``ready`` / ``setup_failed`` once, then ``started`` and one of ``succeeded`` / ``failed`` /
-``cancelled`` per prediction. Answers go to a private duplicate of stdout; fd 1 itself is pointed at
-stderr so that a model's ``print()`` cannot corrupt the protocol.
+What it says to the server, and when, is in protocol.py. Answers go to a private duplicate of stdout; fd 1
+itself is pointed at stderr so that a model's ``print()`` cannot corrupt the conversation.
 
-Cancelling: the server writes the prediction's id and a newline to the cancel pipe (its fd is in
-``PREDICTD_CANCEL_FD``), then sends SIGUSR1. The signal interrupts predict() only when the running prediction
-is one of the ids read; a prediction cancelled before it starts (it was sent ahead) is answered
-``cancelled`` without running. So a cancel that arrives just as one prediction ends never stops the next.
+Cancelling: the server writes the prediction's id to the cancel pipe, then sends SIGUSR1. The signal
+interrupts predict() only when the running prediction is one of the ids read; a prediction cancelled before
+it starts (it was sent ahead) is answered Cancelled without running. So a cancel that arrives just as one
+prediction ends never stops the next.
 """
 
 from __future__ import annotations
@@ -21,12 +19,33 @@ import traceback
 from types import FrameType
 from typing import IO, Any
 
-import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import PIPELINE_ERROR, RUNTIME_ERRORS, ModelError
 from .pipeline import Pipeline, WorkerConfig
-from .predictor import input_model, input_schema, load_predictor_class, output_adapter, output_schema
+from .predictor import (
+    BasePredictor,
+    input_model,
+    input_schema,
+    load_predictor_class,
+    output_adapter,
+    output_schema,
+)
+from .protocol import (
+    CANCEL_FD_ENV,
+    Answer,
+    Cancelled,
+    Done,
+    Failed,
+    Predict,
+    Ready,
+    Report,
+    Setup,
+    SetupFailed,
+    Started,
+    decode_cancels,
+    decode_request,
+)
 
 MAX_MESSAGE_CHARS = 2000
 
@@ -55,7 +74,7 @@ def _read_cancels() -> None:
         if not chunk:
             break
         data += chunk
-    _State.cancelled.update(line.decode() for line in data.split(b"\n") if line)
+    _State.cancelled.update(cancel.id for cancel in decode_cancels(data))
 
 
 def _on_cancel(_signum: int, _frame: FrameType | None) -> None:
@@ -64,8 +83,8 @@ def _on_cancel(_signum: int, _frame: FrameType | None) -> None:
         raise CancelRequested
 
 
-def _send(channel: IO[bytes], message: dict[str, Any]) -> None:
-    channel.write(orjson.dumps(message) + b"\n")
+def _send(channel: IO[bytes], message: Setup | Report) -> None:
+    channel.write(message.encode())
     channel.flush()
 
 
@@ -84,7 +103,7 @@ def _validation_message(error: ValidationError) -> str:
 def run(ref: str) -> int:
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    cancel_fd = os.environ.get("PREDICTD_CANCEL_FD")
+    cancel_fd = os.environ.get(CANCEL_FD_ENV)
     if cancel_fd:
         _State.cancel_fd = int(cancel_fd)
         os.set_blocking(_State.cancel_fd, False)
@@ -100,66 +119,60 @@ def run(ref: str) -> int:
         outputs = output_adapter(cls)
         schema = input_schema(cls)
         pipeline = Pipeline(schema, set(inputs_model.model_fields), WorkerConfig.from_env())
-        ready = {
-            "type": "ready",
-            "input_schema": schema,
-            "output_schema": output_schema(cls),
-            "setup_time": time.perf_counter() - started,
-            "pid": os.getpid(),
-        }
+        ready = Ready(schema, output_schema(cls), time.perf_counter() - started, os.getpid())
     except BaseException as exc:  # a model's setup may fail in any way; the server must hear why
         traceback.print_exc()
-        _send(channel, {"type": "setup_failed", "message": _short(f"{type(exc).__name__}: {exc}")})
+        _send(channel, SetupFailed(_short(f"{type(exc).__name__}: {exc}")))
         return 1
     _send(channel, ready)
 
     for line in sys.stdin.buffer:
-        request = orjson.loads(line)
-        if request.get("type") != "predict":
+        request = decode_request(line)
+        if request is None:
             continue
-        prediction_id = request["id"]
-        _send(channel, {"type": "started", "id": prediction_id})
-        t0 = time.perf_counter()
-        answer: dict[str, Any]
-        try:
-            try:
-                _State.running = prediction_id
-                _read_cancels()  # cancelled while it waited in the pipe: never run it
-                if prediction_id in _State.cancelled:
-                    raise CancelRequested
-                inputs, options = pipeline.prepare(request["input"])
-                values = inputs_model.model_validate(inputs)
-                result = predictor.predict(**dict(values))  # type: ignore[attr-defined]
-                finished = pipeline.finish(result, options)
-            finally:
-                _State.running = None
-                _State.cancelled.discard(prediction_id)
-            answer = {
-                "type": "succeeded",
-                "output": outputs.dump_python(finished, mode="json", warnings=False),
-            }
-        except CancelRequested:
-            answer = {"type": "cancelled"}
-        except ModelError as exc:
-            spec = exc.spec()
-            answer = {"type": "failed", "error_name": spec.name, "message": _short(str(exc) or spec.meaning)}
-        except ValidationError as exc:
-            answer = {
-                "type": "failed",
-                "error_name": RUNTIME_ERRORS["InputValidationError"].name,
-                "message": _short(_validation_message(exc)),
-            }
-        except Exception as exc:
-            traceback.print_exc()
-            answer = {
-                "type": "failed",
-                "error_name": PIPELINE_ERROR.name,
-                "message": _short(f"{type(exc).__name__}: {exc}"),
-            }
-        answer["id"] = prediction_id
-        answer["predict_time"] = time.perf_counter() - t0
-        _send(channel, answer)
+        _send(channel, Started(request.id))
+        _send(channel, _answer(request, predictor, pipeline, inputs_model, outputs))
     return 0
+
+
+def _answer(
+    request: Predict,
+    predictor: BasePredictor,
+    pipeline: Pipeline,
+    inputs_model: type[BaseModel],
+    outputs: TypeAdapter[Any],
+) -> Answer:
+    """Run one prediction; every way it can end is an answer (a cancel arrives as CancelRequested)."""
+    prediction_id = request.id
+    t0 = time.perf_counter()
+    try:
+        try:
+            _State.running = prediction_id
+            _read_cancels()  # cancelled while it waited in the pipe: never run it
+            if prediction_id in _State.cancelled:
+                raise CancelRequested
+            inputs, options = pipeline.prepare(request.inputs)
+            values = inputs_model.model_validate(inputs)
+            result = predictor.predict(**dict(values))  # type: ignore[attr-defined]
+            finished = pipeline.finish(result, options)
+        finally:
+            _State.running = None
+            _State.cancelled.discard(prediction_id)
+        output = outputs.dump_python(finished, mode="json", warnings=False)
+        return Done(prediction_id, output, time.perf_counter() - t0)
+    except CancelRequested:
+        return Cancelled(prediction_id, time.perf_counter() - t0)
+    except ModelError as exc:
+        spec = exc.spec()
+        message = _short(str(exc) or spec.meaning)
+        return Failed(prediction_id, spec.name, message, time.perf_counter() - t0)
+    except ValidationError as exc:
+        name = RUNTIME_ERRORS["InputValidationError"].name
+        return Failed(prediction_id, name, _short(_validation_message(exc)), time.perf_counter() - t0)
+    except Exception as exc:
+        traceback.print_exc()
+        message = _short(f"{type(exc).__name__}: {exc}")
+        return Failed(prediction_id, PIPELINE_ERROR.name, message, time.perf_counter() - t0)
 
 
 def main() -> None:
