@@ -32,13 +32,13 @@ from predictd.core.domain import (
 )
 from predictd.core.ports import IdempotencyKeyTaken, ListQuery, Move
 from predictd.dispatch.local import LocalNotifier
-from predictd.runtime.executor import Executor
 from predictd.runtime.outcomes import Failed, Succeeded, WorkerDied
 from predictd.store import SqlStore, open_store
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
 from predictd.store.sql import make_engine
 from predictd.store.sqlite_fast import _CommitWatch
+from predictd.usecases.runs import RunRecorder
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -316,12 +316,12 @@ async def test_outcomes_recorded_together_are_each_guarded_settled_and_published
     notifier = LocalNotifier()
     published: list[tuple[str, Status]] = []
     notifier.add_listener(lambda p: published.append((p.id, p.status)))
-    executor = Executor(store, notifier, max_attempts=2)
+    runs = RunRecorder(store, notifier, max_attempts=2)
     model = ModelInfo("m", "", True, None, None, price=1.5)
     ok, failed, died, cancelled, next_one = (queued(account.id) for _ in range(5))
     for prediction in (ok, failed, died, cancelled, next_one):
         await store.insert_prediction(prediction, reserve_micros=1_500_000)
-    running = await executor.claim_many([ok.id, failed.id, died.id, cancelled.id])
+    running = await runs.claim_many([ok.id, failed.id, died.id, cancelled.id])
     assert all(p is not None for p in running)
     await store.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())  # a cancel meanwhile
     published.clear()
@@ -331,7 +331,7 @@ async def test_outcomes_recorded_together_are_each_guarded_settled_and_published
         (running[2], WorkerDied("killed")),
         (running[3], Succeeded("late", 0.01)),
     ]
-    recorded, claimed = await executor.record_many_and_claim(ended, model, [next_one.id])  # type: ignore[arg-type]
+    recorded, claimed = await runs.record_many_and_claim(ended, model, [next_one.id])  # type: ignore[arg-type]
 
     statuses = [(s.status if s else None, again) for s, again in recorded]
     assert statuses == [

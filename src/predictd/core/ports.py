@@ -6,7 +6,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .domain import (
     Account,
@@ -221,6 +221,31 @@ class WorkSource(Protocol):
         ...
 
     def on_cancel(self, handler: CancelHandler) -> None: ...
+
+
+OutcomeT_contra = TypeVar("OutcomeT_contra", contravariant=True)
+
+
+class RunRecords(Protocol[OutcomeT_contra]):
+    """Where worker slots claim the predictions they run and record how each run ended (implemented by
+    usecases/runs.py). Generic in the outcome, which runtime/outcomes.py defines: core stays below runtime."""
+
+    async def claim(self, prediction_id: str, *, orphaned: bool = False) -> Prediction | None:
+        """QUEUED -> PROCESSING; None when the prediction is no longer queued. ``orphaned``: it may be
+        PROCESSING on a worker that is gone, whose lost run is recorded first."""
+        ...
+
+    async def claim_many(self, prediction_ids: Sequence[str]) -> list[Prediction | None]: ...
+
+    async def record_many_and_claim(
+        self,
+        ended: Sequence[tuple[Prediction, OutcomeT_contra]],
+        model: ModelInfo | None,
+        claims: Sequence[str],
+    ) -> tuple[list[tuple[Prediction | None, bool]], list[Prediction | None]]:
+        """Record how the ``ended`` runs ended and claim ``claims``, in one transaction. For each outcome:
+        the stored prediction (None if the write was refused) and whether to queue it again."""
+        ...
 
 
 class Notifier(Protocol):

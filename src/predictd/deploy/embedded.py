@@ -20,7 +20,6 @@ from ..dispatch.local import LocalBroker, LocalNotifier
 from ..limits import MemoryLimits
 from ..media import LocalOutputs
 from ..outbound import OutboundLimits
-from ..runtime.executor import Executor
 from ..runtime.pipeline import CONFIG_ENV, WorkerConfig
 from ..runtime.supervisor import Supervisor
 from ..safety.security import SecurityScreen
@@ -37,6 +36,7 @@ from ..usecases.deliveries import DeliveryConfig, Dispatcher
 from ..usecases.policy import Policy
 from ..usecases.predictions import Predictions
 from ..usecases.recovery import Recovery
+from ..usecases.runs import RunRecorder
 from ..webhooks import Planner, Renderer
 
 if TYPE_CHECKING:  # Redis is imported by scaled-out processes only
@@ -216,13 +216,13 @@ def build_supervisor(
     settings: Settings,
     models: list[ModelConfig],
     source: WorkSource,
-    executor: Executor,
+    runs: RunRecorder,
     outputs: LocalOutputs,
 ) -> Supervisor:
     return Supervisor(
         models,
         source,
-        executor,
+        runs,
         start_timeout_s=settings.worker_start_timeout_s,
         cancel_grace_s=settings.cancel_grace_s,
         worker_env={CONFIG_ENV: worker_config(settings, outputs).to_env()},
@@ -245,9 +245,9 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
     notifier.add_listener(metrics.observe_prediction)
     planner = Planner(renderers)
     dispatcher = webhook_dispatcher(notifier, store, settings)
-    executor = Executor(store, notifier, settings.max_attempts, planner)
+    runs = RunRecorder(store, notifier, settings.max_attempts, planner)
     models = settings.all_models
-    supervisor = build_supervisor(settings, models, broker, executor, outputs)
+    supervisor = build_supervisor(settings, models, broker, runs, outputs)
     for model in models:
         watch_model(metrics, supervisor, model.slug, partial(broker.backlog, model.slug))
     usecases, recovery = build_usecases(settings, store, broker, notifier, supervisor, outputs, planner)

@@ -21,9 +21,9 @@ from ..dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
 from ..dispatch.sweeper import Sweeper
 from ..limits.redis import RedisLimits
 from ..media import LocalOutputs
-from ..runtime.executor import Executor
 from ..runtime.supervisor import Supervisor
 from ..telemetry.metrics import Metrics
+from ..usecases.runs import RunRecorder
 from ..webhooks import Planner, Renderer
 from .embedded import (
     Deployment,
@@ -139,7 +139,7 @@ async def start_worker(
     )
     planner = Planner(renderers)
     dispatcher = webhook_dispatcher(notifier, store, settings)
-    executor = Executor(store, notifier, settings.max_attempts, planner)
+    runs = RunRecorder(store, notifier, settings.max_attempts, planner)
     worker_id = worker_identity()
     slots = {m.slug: m.workers for m in models}
     source = RedisWorkSource(
@@ -150,7 +150,7 @@ async def start_worker(
         lease_s=settings.worker_lease_s,
         slots=slots,
     )
-    supervisor = build_supervisor(settings, models, source, executor, outputs)
+    supervisor = build_supervisor(settings, models, source, runs, outputs)
     for model in models:
         watch_model(metrics, supervisor, model.slug)
     announcer = WorkerAnnouncer(

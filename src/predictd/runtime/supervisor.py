@@ -34,8 +34,7 @@ import structlog
 from ..config.settings import ModelConfig
 from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
-from ..core.ports import Job, WorkSource
-from .executor import Executor
+from ..core.ports import Job, RunRecords, WorkSource
 from .outcomes import Outcome, WorkerDied
 from .pipeline import MODEL_TIMEOUT_ENV
 from .process import WorkerProcess, WorkerStartError
@@ -80,7 +79,7 @@ class Supervisor:
         self,
         models: Sequence[ModelConfig],
         source: WorkSource,
-        executor: Executor,
+        runs: RunRecords[Outcome],
         *,
         start_timeout_s: float,
         cancel_grace_s: float,
@@ -89,7 +88,7 @@ class Supervisor:
         self._worker_env = worker_env or {}
         self._models = {m.slug: m for m in models}
         self._source = source
-        self._executor = executor
+        self._runs = runs
         self._start_timeout_s = start_timeout_s
         self._cancel_grace_s = cancel_grace_s
         self._slots: dict[str, list[Slot]] = {m.slug: [Slot(m, i) for i in range(m.workers)] for m in models}
@@ -267,7 +266,7 @@ class Supervisor:
     async def _send(self, slot: Slot, jobs: Sequence[Job], sent: deque[tuple[Job, Prediction]]) -> None:
         """Claim ``jobs`` and hand them to the slot's worker (behind what it holds already)."""
         ids = [job.prediction_id for job in jobs if not job.orphaned]
-        claimed = await self._store("claim", ids[0], partial(self._executor.claim_many, ids)) if ids else []
+        claimed = await self._store("claim", ids[0], partial(self._runs.claim_many, ids)) if ids else []
         await self._dispatch(slot, jobs, dict(zip(ids, claimed, strict=True)), sent)
 
     async def _dispatch(
@@ -282,7 +281,7 @@ class Supervisor:
         for job in jobs:
             prediction_id = job.prediction_id
             if job.orphaned:
-                claim = partial(self._executor.claim, prediction_id, orphaned=True)
+                claim = partial(self._runs.claim, prediction_id, orphaned=True)
                 prediction = await self._store("claim", prediction_id, claim)
             else:
                 prediction = claimed[prediction_id]
@@ -324,7 +323,7 @@ class Supervisor:
         ids = [j.prediction_id for j in more if not j.orphaned]
         pricing = self._pricing[slot.model.slug]
         outcomes = [(prediction, outcome) for _, prediction, outcome in ended]
-        write = partial(self._executor.record_many_and_claim, outcomes, pricing, ids)
+        write = partial(self._runs.record_many_and_claim, outcomes, pricing, ids)
         recorded, claimed = await self._store("record", ended[0][0].prediction_id, write)
         for (job, _, _), (_, requeue) in zip(ended, recorded, strict=True):
             await self._hand_back(job, requeue)

@@ -1,8 +1,8 @@
-"""Running one prediction against the store: claim it, then record what the worker reported.
+"""Recording the runs of predictions in the store: claim a prediction, then record what its worker reported.
 
 Every write is a state-machine transition in the store, so a prediction cancelled meanwhile, or already
 completed elsewhere, refuses the late write instead of being overwritten. What each outcome writes is
-decided by outcomes.py.
+decided by runtime/outcomes.py.
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core.domain import ModelInfo, Prediction, Status, utcnow
-from ..core.ports import DeliveryPlanner, Move, Notifier, Store
-from .outcomes import STOPPED_ANSWERING, Outcome, WorkerDied, final_state, lost_run_failure
+from ..core.ports import DeliveryPlanner, Move, Notifier, PredictionStore
+from ..runtime.outcomes import STOPPED_ANSWERING, Outcome, WorkerDied, final_state, lost_run_failure
 
 
-class Executor:
+class RunRecorder:
+    """The store side of worker slots (the RunRecords port of runtime/supervisor.py)."""
+
     def __init__(
-        self, store: Store, notifier: Notifier, max_attempts: int, deliveries: DeliveryPlanner | None = None
+        self,
+        store: PredictionStore,
+        notifier: Notifier,
+        max_attempts: int,
+        deliveries: DeliveryPlanner | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -86,4 +92,3 @@ class Executor:
 
 def _claim(prediction_id: str) -> Move:
     return Move(prediction_id, Status.PROCESSING, count_attempt=True, changes={"started_at": utcnow()})
-
