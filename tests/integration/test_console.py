@@ -4,6 +4,7 @@ redirects, headers, and tenant isolation. The browser-driven tests are in tests/
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +15,7 @@ from predictd.core import keys
 from predictd.core.domain import AccountStatus
 from predictd.store import SqlStore
 
-from ..conftest import Server, revoke_key_of
+from ..conftest import FIXTURE_MODELS_TOML, Server, revoke_key_of
 
 COOKIE = "predictd_console"
 
@@ -303,3 +304,84 @@ def test_predictions_are_paged_newest_first_keeping_the_filters(server: Server) 
     assert re.findall(r'<tr data-id="([^"]+)">', second.text) == made[::-1][20:]
     assert 'href="?model=echo&amp;page=1" id="prev-page"' in second.text
     assert 'id="next-page"' not in second.text
+
+
+# -- allowances ---------------------------------------------------------------------------------------------
+
+GUARDED_TOML = """
+[legal]
+trusted_proxies = ["127.0.0.1/32"]
+
+[access]
+sign_ins_per_address = 4
+sign_ins_per_key = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Server]:
+    """Tight sign-in allowances, behind a trusted proxy on 127.0.0.1: each test speaks from client
+    addresses of its own through ``X-Forwarded-For``."""
+    srv = Server(
+        workdir=tmp_path_factory.mktemp("guarded"), config=FIXTURE_MODELS_TOML + GUARDED_TOML, backend=backend
+    )
+    srv.start()
+    yield srv
+    srv.destroy()
+
+
+def from_address(address: str) -> dict[str, str]:
+    return {"x-forwarded-for": address}
+
+
+async def _more_keys(store: SqlStore, account: str, count: int) -> list[str]:
+    owner = await store.get_account_by_name(account) or await store.create_account(account)
+    minted = [keys.generate_key() for _ in range(count)]
+    for new in minted:
+        await store.create_key(owner.id, new.digest, new.prefix, "test")
+    return [new.secret for new in minted]
+
+
+def test_sign_in_attempts_are_throttled_per_client_address(guarded: Server) -> None:
+    key = guarded.key()
+    guesser = from_address("203.0.113.7")
+    with console(guarded) as client:
+        tries = [
+            client.post("/console/login", data={"key": keys.generate_key().secret}, headers=guesser)
+            for _ in range(4)
+        ]
+        assert [t.status_code for t in tries] == [401] * 4
+        # Beyond the allowance even the right key is refused, before it is looked at: nothing is learnt.
+        refused = client.post("/console/login", data={"key": key}, headers=guesser)
+        assert refused.status_code == 429
+        assert re.search(
+            r'id="login-error">Too many sign-in attempts from your address; retry in \d+ s\.<', refused.text
+        )
+        assert 1 <= int(refused.headers["retry-after"]) <= 15  # one more every 60 / 4 s
+        assert "set-cookie" not in refused.headers
+        assert "frame-ancestors 'none'" in refused.headers["content-security-policy"]
+        elsewhere = client.post("/console/login", data={"key": key}, headers=from_address("203.0.113.8"))
+        assert elsewhere.status_code == 303
+    refusals = [line for line in guarded.log().splitlines() if "console sign-in refused" in line]
+    assert len(refusals) == 4
+    assert all("203.0.113.7" in line for line in refusals)
+
+
+def test_sign_in_attempts_are_throttled_per_presented_key(guarded: Server) -> None:
+    key, other = guarded.with_store(lambda store: _more_keys(store, f"keyed-{uuid.uuid4().hex[:6]}", 2))
+    with console(guarded) as client:
+        for n in range(2):
+            answer = client.post("/console/login", data={"key": key}, headers=from_address(f"198.51.100.{n}"))
+            assert answer.status_code == 303
+        refused = client.post("/console/login", data={"key": key}, headers=from_address("198.51.100.9"))
+        assert refused.status_code == 429
+        assert "Too many sign-in attempts with this key; retry in" in refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 30  # one more every 60 / 2 s
+        assert "set-cookie" not in refused.headers
+        # The account's other key, from that very address, is another key.
+        assert (
+            client.post(
+                "/console/login", data={"key": other}, headers=from_address("198.51.100.9")
+            ).status_code
+            == 303
+        )

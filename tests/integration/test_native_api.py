@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from predictd.api.fashn import CREDITS_HEADER
+from predictd.core import keys
 from predictd.core.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import SqlStore
@@ -233,6 +234,61 @@ def test_unauthorized_missing_unknown_and_revoked(server: Server) -> None:
         assert client.get("/v1/models").status_code == 200
         server.with_store(lambda store: revoke_key_of(store, key))
         assert_error(client.get("/v1/models"), ErrorId.UNAUTHORIZED, "revoked")
+
+
+GUESSING_GUARDED = """
+[legal]
+trusted_proxies = ["127.0.0.1/32"]
+
+[access]
+failed_keys_per_address = 3
+window_s = 60
+"""
+
+
+def test_unknown_keys_are_throttled_per_address_and_logged_without_the_key(make_server: Any) -> None:
+    guarded = make_server(GUESSING_GUARDED)
+    key = guarded.key("guessed-co")
+    revoked = guarded.key("guessed-co")
+    guarded.with_store(lambda store: revoke_key_of(store, revoked))
+    guesses = [keys.generate_key().secret for _ in range(5)]
+    guesser = {"x-forwarded-for": "203.0.113.50"}
+    with guarded.client() as client:
+        for guess in guesses[:3]:  # the allowance: refused as any wrong key is
+            assert_error(
+                client.get("/v1/models", headers={**guesser, "x-api-key": guess}), ErrorId.UNAUTHORIZED
+            )
+        throttled = client.get("/v1/models", headers={**guesser, "x-api-key": guesses[3]})
+        assert_error(throttled, ErrorId.RATE_LIMIT_EXCEEDED, "invalid API key from your address", "retry in")
+        assert 1 <= int(throttled.headers["retry-after"]) <= 20  # one more every 60 / 3 s
+        fashn = client.post(
+            "/v1/run",
+            json={"model_name": "echo", "inputs": {"text": "x"}},
+            headers={**guesser, "authorization": f"Bearer {guesses[4]}"},
+        )
+        assert fashn.status_code == API_ERRORS[ErrorId.RATE_LIMIT_EXCEEDED].fashn_status
+        assert fashn.json()["error"] == "RateLimitExceeded"
+        # Only a key no account holds counts: a valid key from that address is served, a revoked one and
+        # none at all are refused as before.
+        assert client.get("/v1/models", headers={**guesser, "x-api-key": key}).status_code == 200
+        assert_error(
+            client.get("/v1/models", headers={**guesser, "x-api-key": revoked}), ErrorId.UNAUTHORIZED
+        )
+        assert_error(client.get("/v1/models", headers=guesser), ErrorId.UNAUTHORIZED, "x-api-key")
+        # Another address has its own allowance.
+        elsewhere = {"x-forwarded-for": "203.0.113.51", "x-api-key": guesses[0]}
+        assert_error(client.get("/v1/models", headers=elsewhere), ErrorId.UNAUTHORIZED)
+    log = guarded.log()
+    refused = [line for line in log.splitlines() if "API key refused" in line]
+    assert len(refused) == 4, log  # three from the guesser, one from elsewhere
+    assert all("203.0.113.5" in line for line in refused)
+    assert f"key_prefix={guesses[0][:10]}" in refused[0]
+    throttled_lines = [line for line in log.splitlines() if "API key checks throttled" in line]
+    assert len(throttled_lines) == 1  # once per address and window, not once per refused request
+    assert "203.0.113.50" in throttled_lines[0]
+    for secret in [*guesses, revoked, key]:
+        assert secret not in log
+        assert secret[:11] not in log  # never more than the ten characters a key list shows
 
 
 async def _suspend(store: SqlStore, name: str) -> None:

@@ -110,9 +110,14 @@ async def authenticated(request: Request) -> Principal:
         found = await console_principal(request)
         principal = found[0] if found else None
     if principal is None:
-        principal = await access.authenticate(key)
-    decision = await access.check_rate(principal)
-    if decision is not None:
-        # RequestContext adds these to whatever answer the route gives.
-        request.scope.setdefault("state", {})[RATE_HEADERS_STATE] = decision.headers()
+        principal = await access.authenticate(key, lambda: client_address(request))
+    await count_request(request, principal)
     return principal
+
+
+async def count_request(request: Request, principal: Principal) -> None:
+    """Count the request against the principal's rate limits (RATE_LIMIT_EXCEEDED beyond them); the answer
+    then carries the RateLimit headers (RequestContext adds them to whatever answer the route gives)."""
+    decision = await usecases_of(request).access.check_rate(principal)
+    if decision is not None:
+        request.scope.setdefault("state", {})[RATE_HEADERS_STATE] = decision.headers()

@@ -6,7 +6,8 @@ Security:
 
 * Signing in posts the key once; the server checks it, then sets an HttpOnly, SameSite=Strict cookie that
   holds only a random session token (see ``sessions.py``). The key is never sent back, stored in the
-  browser, or kept by the server (only its digest, which the store already has).
+  browser, or kept by the server (only its digest, which the store already has). Attempts are counted per
+  client address and per presented key (``Access.sign_in``): guessing and flooding sign-ins cost.
 * Every state-changing console request is a POST that must carry the session's CSRF token (form field
   ``csrf`` or header ``x-csrf-token``) and, when the browser sends one, an ``Origin`` of this host. API
   routes accept the cookie on GET only (``auth.authenticated``), so the console's EventSource can follow
@@ -38,9 +39,9 @@ from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..usecases.admission import SubmitRequest
 from . import parsing
-from .auth import caller_region
+from .auth import caller_region, client_address
 from .native import error_response, prediction_body
-from .responses import JSONResponse
+from .responses import JSONResponse, retry_headers
 from .sessions import COOKIE_NAME, SESSION_TTL_S, ConsoleSession, console_principal, sessions_of
 from .state import request_id_of, usecases_of
 
@@ -136,7 +137,12 @@ class Signed:
 
 
 def _html(
-    request: Request, template: str, signed: Signed | None, status_code: int = 200, **context: Any
+    request: Request,
+    template: str,
+    signed: Signed | None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
 ) -> Response:
     body = (
         _templates()
@@ -148,7 +154,10 @@ def _html(
         )
     )
     return Response(
-        body, status_code=status_code, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS
+        body,
+        status_code=status_code,
+        media_type="text/html; charset=utf-8",
+        headers={**SECURITY_HEADERS, **(headers or {})},
     )
 
 
@@ -291,11 +300,17 @@ async def login(request: Request) -> Response:
     secret = form.get("key", "").strip()
     target = _safe_next(form.get("next"))
     try:
-        principal = await usecases_of(request).access.authenticate(secret)
+        principal = await usecases_of(request).access.sign_in(secret, client_address(request))
     except ApiError as exc:
-        status = API_ERRORS[exc.error_id].http_status
         return _html(
-            request, "login.html", None, status_code=status, next=target, notice=None, error=exc.message
+            request,
+            "login.html",
+            None,
+            status_code=API_ERRORS[exc.error_id].http_status,
+            headers=retry_headers(exc),
+            next=target,
+            notice=None,
+            error=exc.message,
         )
     sessions = sessions_of(request)
     await sessions.close(request.cookies.get(COOKIE_NAME))  # a new sign-in never keeps an older session

@@ -249,6 +249,23 @@ class LegalSettings(BaseModel):
         return cidrs
 
 
+class AccessSettings(BaseModel):
+    """What one client address, or one presented key, may try per ``window_s`` before it is told to wait
+    (429 with Retry-After). Counted with the rate limits' GCRA: a burst of the whole allowance, then one
+    more every ``window_s / allowance``; in this process embedded, in Redis scaled out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(default=60.0, gt=0, description="Seconds over which each allowance is counted.")
+    sign_ins_per_address: int = Field(
+        default=30, ge=1, description="Console sign-in attempts per client address (failed ones too)."
+    )
+    sign_ins_per_key: int = Field(default=10, ge=1, description="Console sign-in attempts per presented key.")
+    failed_keys_per_address: int = Field(
+        default=60, ge=1, description="Requests with an API key no account holds, per client address."
+    )
+
+
 class ModerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -359,6 +376,13 @@ class Settings(BaseSettings):
     legal: LegalSettings = Field(
         default_factory=LegalSettings,
         description="Where a request comes from, for the models' `blocked_regions` (LEGAL_REASONS).",
+    )
+    access: AccessSettings = Field(
+        default_factory=AccessSettings,
+        description="What one client address, or one presented key, may try per `window_s` before it is "
+        "told to wait (429 with Retry-After): web console sign-ins, and API requests with a key no account "
+        "holds. Counted as rate limits are (GCRA: a burst of the whole allowance, then one more every "
+        "`window_s / allowance`), in memory embedded and in Redis scaled out.",
     )
     admin_key: str | None = Field(
         default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."

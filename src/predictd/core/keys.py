@@ -36,6 +36,14 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def loggable_prefix(presented: str) -> str:
+    """What of a presented key, right or wrong, may be written to a log: as much as the key list shows of a
+    real key, never more than a quarter of what was sent (a short or mistyped secret is never logged whole),
+    and only printable ASCII (a header value must not forge log lines)."""
+    shown = presented[: min(DISPLAY_PREFIX_CHARS, len(presented) // 4)]
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in shown)
+
+
 def matches(secret: str, stored_digest: str) -> bool:
     return hmac.compare_digest(digest(secret), stored_digest)
 

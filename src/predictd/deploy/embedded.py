@@ -106,6 +106,7 @@ def policy(settings: Settings) -> Policy:
         ),
         default_plan_name=settings.default_plan,
         max_inline_media_bytes=settings.media.max_total_inline_bytes,
+        access=settings.access,
         suspend_after=settings.security.suspend_after,
         security_window_s=settings.security.window_s,
     )

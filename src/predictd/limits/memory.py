@@ -8,11 +8,19 @@ from collections import defaultdict
 from ..core.ports import RateDecision
 from .gcra import gcra
 
+# Limits remembered before the first sweep of those whose bucket is full again.
+FIRST_SWEEP_AT = 1024
+
 
 class MemoryRateLimiter:
+    """Per key, the theoretical arrival time of GCRA. A key whose time has passed is as good as unknown (its
+    bucket is full again), so such keys are swept away once the map has doubled since the last sweep:
+    limits keyed by client address or presented key (``[access]``) come and go by the thousand."""
+
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
         self._clock = time.monotonic
+        self._sweep_at = FIRST_SWEEP_AT
 
     def hit(self, key: str, limit: int, window_s: float) -> RateDecision:
         return self.hit_all([(key, limit, window_s)])[0]
@@ -27,7 +35,17 @@ class MemoryRateLimiter:
         if all(decision.allowed for _, _, decision in outcomes):
             for key, new_tat, _ in outcomes:
                 self._tat[key] = new_tat
+            if len(self._tat) >= self._sweep_at:
+                self._sweep(now)
         return [decision for _, _, decision in outcomes]
+
+    def _sweep(self, now: float) -> None:
+        for key in [key for key, tat in self._tat.items() if tat <= now]:
+            del self._tat[key]
+        self._sweep_at = max(FIRST_SWEEP_AT, 2 * len(self._tat))
+
+    def __len__(self) -> int:
+        return len(self._tat)
 
 
 class MemoryConcurrency:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.settings import AccessSettings
 from ..core.domain import Plan
 
 
@@ -18,3 +19,4 @@ class Policy:
     max_inline_media_bytes: int = 50 * 1024 * 1024
     suspend_after: int = 5
     security_window_s: float = 3600.0
+    access: AccessSettings = field(default_factory=AccessSettings)  # sign-ins and failed key checks
