@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import orjson
 import pytest
 
+from predictd.api.sessions import ConsoleSessions, RedisConsoleSessions, SessionStore
 from predictd.core import keys
-from predictd.core.domain import AccountStatus
+from predictd.core.domain import Account, AccountStatus, Principal, utcnow
+from predictd.core.redis_keys import RedisKeys
+from predictd.deploy.scaled import connect
 from predictd.store import SqlStore
 
-from ..conftest import FIXTURE_MODELS_TOML, Server, revoke_key_of
+from ..conftest import FIXTURE_MODELS_TOML, REDIS_URL, Server, revoke_key_of
 
 COOKIE = "predictd_console"
 
@@ -306,7 +309,7 @@ def test_predictions_are_paged_newest_first_keeping_the_filters(server: Server) 
     assert 'id="next-page"' not in second.text
 
 
-# -- allowances ---------------------------------------------------------------------------------------------
+# -- allowances and bounds -----------------------------------------------------------------------------------
 
 GUARDED_TOML = """
 [legal]
@@ -315,13 +318,16 @@ trusted_proxies = ["127.0.0.1/32"]
 [access]
 sign_ins_per_address = 4
 sign_ins_per_key = 2
+
+[console]
+max_sessions = 30
 """
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Server]:
-    """Tight sign-in allowances, behind a trusted proxy on 127.0.0.1: each test speaks from client
-    addresses of its own through ``X-Forwarded-For``."""
+    """Tight sign-in allowances and session bounds, behind a trusted proxy on 127.0.0.1: each test speaks
+    from client addresses of its own through ``X-Forwarded-For``."""
     srv = Server(
         workdir=tmp_path_factory.mktemp("guarded"), config=FIXTURE_MODELS_TOML + GUARDED_TOML, backend=backend
     )
@@ -332,6 +338,13 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[
 
 def from_address(address: str) -> dict[str, str]:
     return {"x-forwarded-for": address}
+
+
+def sign_in_from(server: Server, key: str, address: str) -> httpx.Client:
+    client = console(server)
+    answer = client.post("/console/login", data={"key": key}, headers=from_address(address))
+    assert answer.status_code == 303, answer.text
+    return client
 
 
 async def _more_keys(store: SqlStore, account: str, count: int) -> list[str]:
@@ -385,3 +398,65 @@ def test_sign_in_attempts_are_throttled_per_presented_key(guarded: Server) -> No
             ).status_code
             == 303
         )
+
+
+def test_an_account_keeps_its_newest_sessions_and_cannot_sign_others_out(guarded: Server) -> None:
+    bystander = sign_in_from(guarded, guarded.key(), "192.0.2.250")
+    account = f"flood-{uuid.uuid4().hex[:6]}"
+    secrets = guarded.with_store(lambda store: _more_keys(store, account, 40))
+    opened = [sign_in_from(guarded, secret, f"192.0.2.{n}") for n, secret in enumerate(secrets[:21])]
+    try:
+        # The 21st session ended the account's oldest; the 20 newest live.
+        assert opened[0].get("/console/keys").headers["location"].startswith("/console/login")
+        assert all(client.get("/console/keys").status_code == 200 for client in opened[1:])
+        # 40 sign-ins of one account, more than the deployment's 30 sessions: the others' survive.
+        for n, secret in enumerate(secrets[21:]):
+            sign_in_from(guarded, secret, f"192.0.2.{100 + n}").close()
+        assert bystander.get("/console/keys").status_code == 200
+    finally:
+        for client in [bystander, *opened]:
+            client.close()
+
+
+# -- the session stores, against each other ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def session_store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    """Both stores with the same bounds: two sessions an account, three in all."""
+    if request.param == "memory":
+        yield ConsoleSessions(per_account=2, max_sessions=3)
+        return
+    redis = connect(REDIS_URL)
+    prefix = RedisKeys(f"t{uuid.uuid4().hex[:12]}")
+    yield RedisConsoleSessions(redis, prefix, per_account=2, max_sessions=3)
+    stale = [k async for k in redis.scan_iter(match=f"{prefix.prefix}:*")]
+    if stale:
+        await redis.delete(*stale)
+    await redis.aclose()
+
+
+def _principal(account: str, key_id: str) -> Principal:
+    return Principal(Account(account, account, AccountStatus.ACTIVE, utcnow()), key_id=key_id)
+
+
+async def test_both_session_stores_bound_sessions_per_account_and_in_all(session_store: SessionStore) -> None:
+    async def live(tokens: list[str]) -> list[bool]:
+        return [await session_store.get(t) is not None for t in tokens]
+
+    a = [(await session_store.open(_principal("acc_a", "key_a"), "a" * 64))[0] for _ in range(3)]
+    assert await live(a) == [False, True, True]  # a third session of one account ends its oldest
+    b, _ = await session_store.open(_principal("acc_b", "key_b"), "b" * 64)
+    assert await live([*a, b]) == [False, True, True, True]
+    c, _ = await session_store.open(_principal("acc_c", "key_c"), "c" * 64)
+    assert await live([*a, b, c]) == [False, False, True, True, True]  # a fourth in all ends the oldest
+
+    await session_store.close(b)  # a closed session makes room: nobody else is ended for the next one
+    d, _ = await session_store.open(_principal("acc_d", "key_d"), "d" * 64)
+    assert await live([a[2], b, c, d]) == [True, False, True, True]
+    assert await session_store.close_key("key_a") == 1
+    e = [(await session_store.open(_principal("acc_e", "key_e"), "e" * 64))[0] for _ in range(2)]
+    assert await live([a[2], c, d, *e]) == [False, False, True, True, True]
+    # The account whose session the global bound ended keeps counting only its live ones.
+    f = [(await session_store.open(_principal("acc_c", "key_c2"), "f" * 64))[0] for _ in range(2)]
+    assert await live([d, *e, *f]) == [False, False, True, True, True]

@@ -88,7 +88,7 @@ def principal(key_id: str) -> Principal:
 
 
 async def test_sessions_expire_end_with_their_key_and_are_bounded() -> None:
-    sessions = ConsoleSessions(ttl_s=0.2, max_sessions=3)
+    sessions = ConsoleSessions(ttl_s=0.2, per_account=3, max_sessions=3)
     token, session = await sessions.open(principal("key_a"), "d" * 64)
     assert await sessions.get(token) is session
     assert await sessions.get(token + "x") is None
@@ -101,7 +101,7 @@ async def test_sessions_expire_end_with_their_key_and_are_bounded() -> None:
     time.sleep(0.25)
     assert await sessions.get(other) is None
 
-    sessions = ConsoleSessions(ttl_s=60, max_sessions=3)
+    sessions = ConsoleSessions(ttl_s=60, per_account=10, max_sessions=3)
     tokens = [(await sessions.open(principal(f"key_{i}"), "f" * 64))[0] for i in range(5)]
     assert len(sessions) == 3
     assert [await sessions.get(t) is not None for t in tokens] == [False, False, True, True, True]

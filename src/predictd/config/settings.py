@@ -266,6 +266,17 @@ class AccessSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sessions_per_account: int = Field(
+        default=20, ge=1, description="Live web console sessions per account; one more ends its oldest."
+    )
+    max_sessions: int = Field(
+        default=10_000, ge=1, description="Live web console sessions in all; one more ends the oldest."
+    )
+
+
 class ModerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -383,6 +394,10 @@ class Settings(BaseSettings):
         "told to wait (429 with Retry-After): web console sign-ins, and API requests with a key no account "
         "holds. Counted as rate limits are (GCRA: a burst of the whole allowance, then one more every "
         "`window_s / allowance`), in memory embedded and in Redis scaled out.",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings,
+        description="The web console's sessions: how many one account, and all together, may keep open.",
     )
     admin_key: str | None = Field(
         default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."

@@ -57,4 +57,18 @@ class RedisKeys:
         return f"{self.prefix}:events"
 
     def session(self, token_digest: str) -> str:
+        """A web console session, by the digest of its cookie's token; lives as long as the session."""
         return f"{self.prefix}:session:{token_digest}"
+
+    def sessions_of_key(self, key_id: str) -> str:
+        """Set: the digests of the console sessions opened with an API key (revoking it ends them)."""
+        return f"{self.prefix}:session:key:{key_id}"
+
+    def sessions_of_account(self, account_id: str) -> str:
+        """Sorted set: an account's console sessions -> when each was opened (ms), oldest ended first."""
+        return f"{self.prefix}:session:account:{account_id}"
+
+    @property
+    def all_sessions(self) -> str:
+        """Sorted set: every console session -> when it was opened (ms), for the global bound."""
+        return f"{self.prefix}:session:all"
