@@ -13,7 +13,7 @@ import pytest
 
 from predictd.api.sessions import ConsoleSessions, RedisConsoleSessions, SessionStore
 from predictd.core import keys
-from predictd.core.domain import Account, AccountStatus, Principal, utcnow
+from predictd.core.domain import Account, AccountStatus, Plan, Principal, utcnow
 from predictd.core.redis_keys import RedisKeys
 from predictd.deploy.scaled import connect
 from predictd.store import SqlStore
@@ -309,7 +309,7 @@ def test_predictions_are_paged_newest_first_keeping_the_filters(server: Server) 
     assert 'id="next-page"' not in second.text
 
 
-# -- allowances and bounds -----------------------------------------------------------------------------------
+# -- allowances, bounds and rate limits ----------------------------------------------------------------------
 
 GUARDED_TOML = """
 [legal]
@@ -416,6 +416,41 @@ def test_an_account_keeps_its_newest_sessions_and_cannot_sign_others_out(guarded
     finally:
         for client in [bystander, *opened]:
             client.close()
+
+
+async def _tight_account(store: SqlStore, name: str) -> None:
+    await store.put_plan(Plan("tight", rate_limit=3, rate_window_s=60))
+    await store.create_account(name, plan="tight")
+
+
+def test_console_pages_count_against_the_plans_rate_limit(guarded: Server) -> None:
+    account = f"tight-{uuid.uuid4().hex[:6]}"
+    guarded.with_store(lambda store: _tight_account(store, account))
+    client = sign_in_from(guarded, guarded.key(account), "192.0.2.200")  # a sign-in is not a request
+    try:
+        pages = [client.get(path) for path in ("/console/predictions", "/console/keys", "/console/credits")]
+        assert [p.status_code for p in pages] == [200, 200, 200]
+        assert [p.headers["ratelimit-remaining"] for p in pages] == ["2", "1", "0"]
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', pages[0].text)
+        assert csrf is not None
+        over = client.get("/console/models")
+        assert over.status_code == 429
+        assert "RATE_LIMIT_EXCEEDED" in over.text
+        assert "More than 3 requests in 60 s" in over.text
+        assert int(over.headers["retry-after"]) >= 1
+        assert over.headers["cache-control"] == "no-store"
+        posted = client.post("/console/keys", data={"label": "over", "csrf": csrf.group(1)})
+        assert posted.status_code == 429
+        assert 'id="new-key"' not in posted.text
+        run = client.post(
+            "/console/models/echo/run", json={"input": {"text": "x"}}, headers={"x-csrf-token": csrf.group(1)}
+        )
+        assert run.status_code == 429
+        assert run.json()["error_id"] == "RATE_LIMIT_EXCEEDED"
+        # Signing out is never refused.
+        assert client.post("/console/logout", data={"csrf": csrf.group(1)}).status_code == 303
+    finally:
+        client.close()
 
 
 # -- the session stores, against each other ------------------------------------------------------------------

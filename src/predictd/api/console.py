@@ -12,6 +12,7 @@ Security:
   ``csrf`` or header ``x-csrf-token``) and, when the browser sends one, an ``Origin`` of this host. API
   routes accept the cookie on GET only (``auth.authenticated``), so the console's EventSource can follow
   ``/v1/predictions/{id}/stream`` while no forged request can change anything through the API.
+* Signed-in pages and posts count against the plan's rate limits, as API requests do.
 * Pages are sent with a strict Content-Security-Policy (scripts and styles from this origin only, no
   inline script), ``frame-ancestors 'none'`` and ``Cache-Control: no-store``.
 """
@@ -39,7 +40,7 @@ from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..usecases.admission import SubmitRequest
 from . import parsing
-from .auth import caller_region, client_address
+from .auth import caller_region, client_address, count_request
 from .native import error_response, prediction_body
 from .responses import JSONResponse, retry_headers
 from .sessions import COOKIE_NAME, SESSION_TTL_S, ConsoleSession, console_principal, sessions_of
@@ -168,6 +169,7 @@ def _error_page(request: Request, signed: Signed | None, error: ApiError) -> Res
         "error.html",
         signed,
         status_code=spec.http_status,
+        headers=retry_headers(error),
         error_id=spec.wire_error_id.value,
         message=error.message,
     )
@@ -195,7 +197,8 @@ Body = Callable[[Signed], Awaitable[Response]]
 
 
 async def _page(request: Request, body: Body) -> Response:
-    """A signed-in GET page: the sign-in form without a session, an error page for catalog errors."""
+    """A signed-in GET page: the sign-in form without a session, an error page for catalog errors. Each
+    counts against the plan's rate limits, as an API request does."""
     try:
         signed = await _signed_in(request)
     except ApiError as exc:  # ACCOUNT_SUSPENDED
@@ -203,6 +206,7 @@ async def _page(request: Request, body: Body) -> Response:
     if signed is None:
         return _to_login(request)
     try:
+        await count_request(request, signed.principal)
         return await body(signed)
     except ApiError as exc:
         return _error_page(request, signed, exc)
@@ -231,8 +235,14 @@ def _forbidden(request: Request, signed: Signed | None, why: str) -> Response:
     return _html(request, "error.html", signed, status_code=403, error_id="FORBIDDEN", message=why)
 
 
-async def _post(request: Request, body: Callable[[Signed, dict[str, str]], Awaitable[Response]]) -> Response:
-    """A signed-in form POST: same origin, and the session's CSRF token in the form."""
+async def _post(
+    request: Request,
+    body: Callable[[Signed, dict[str, str]], Awaitable[Response]],
+    *,
+    counted: bool = True,
+) -> Response:
+    """A signed-in form POST: same origin, and the session's CSRF token in the form. ``counted``: it counts
+    against the plan's rate limits, as an API request does."""
     if not _same_origin(request):
         return _forbidden(request, None, "Cross-origin form posts are refused.")
     try:
@@ -245,6 +255,8 @@ async def _post(request: Request, body: Callable[[Signed, dict[str, str]], Await
     if not hmac.compare_digest(form.get("csrf", ""), signed.session.csrf_token):
         return _forbidden(request, signed, "The form's CSRF token is missing or stale; reload the page.")
     try:
+        if counted:
+            await count_request(request, signed.principal)
         return await body(signed, form)
     except ApiError as exc:
         return _error_page(request, signed, exc)
@@ -340,7 +352,7 @@ async def logout(request: Request) -> Response:
         await sessions_of(request).close(request.cookies.get(COOKIE_NAME))
         return _signed_out(request, "signed-out")
 
-    return await _post(request, body)
+    return await _post(request, body, counted=False)  # signing out is never refused
 
 
 # -- predictions ---------------------------------------------------------------------------------------------
@@ -574,7 +586,7 @@ async def run_model(request: Request, slug: str) -> Response:
         parsing.reject_unknown_fields(body, frozenset({"input"}))
         parsing.expect_type(body, "input", dict, "a JSON object")
         usecases = usecases_of(request)
-        await usecases.access.check_rate(principal)
+        await count_request(request, principal)
         submission = await usecases.predictions.submit(
             principal,
             SubmitRequest(model=slug, input=body["input"], source="console", region=caller_region(request)),
