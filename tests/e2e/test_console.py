@@ -8,6 +8,7 @@ shows (webhook deliveries). Each test saves full-page screenshots to tests/e2e/s
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -466,3 +467,151 @@ def test_prediction_page_lists_webhook_deliveries_with_every_attempt(
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+# -- a phone -------------------------------------------------------------------------------------------------
+
+PHONE = {"width": 375, "height": 740}
+
+
+@pytest.fixture
+def phone(browser: Browser, console_server: Server) -> Iterator[Page]:
+    """A tab 375 px wide that may use the clipboard; afterwards, no script error and no CSP violation."""
+    fresh = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    fresh.grant_permissions(["clipboard-read", "clipboard-write"], origin=console_server.base_url)
+    fresh.set_default_timeout(15_000)
+    opened = fresh.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    opened.on(
+        "console",
+        lambda message: problems.append(f"console: {message.text}") if message.type == "error" else None,
+    )
+    yield opened
+    fresh.close()
+    assert problems == []
+
+
+def fits(page: Page) -> None:
+    """Nothing wider than the screen: no horizontal scroll of the page itself."""
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, window.innerWidth, document.body.scrollWidth]"
+    )
+    assert widths[0] <= widths[1], f"{page.url}: {widths[0]} px wide on a {widths[1]} px screen"
+    assert widths[2] <= widths[1], page.url
+
+
+def clipboard(page: Page) -> str:
+    return str(page.evaluate("() => navigator.clipboard.readText()"))
+
+
+def test_at_phone_width_the_console_fits_copies_cancels_and_shows_the_code_of_a_run(
+    console_server: Server, phone: Page
+) -> None:
+    key = console_server.key("phone-co")
+    base = console_server.base_url
+    with api(console_server, key) as client:
+        thumbnail = client.post(
+            "/v1/predictions",
+            json={
+                "model": "thumbnail",
+                "input": {"image": "data:image/png;base64," + base64.b64encode(_png()).decode(), "size": 8},
+                "await": True,
+            },
+        ).json()
+        assert thumbnail["status"] == "succeeded", thumbnail
+        running = client.post("/v1/predictions", json={"model": "sleep", "input": {"ms": 60000}}).json()
+    phone.goto(f"{base}/console/login")
+    fits(phone)
+    sign_in(phone, console_server, key)
+
+    # The menu wraps under the brand: every item on screen, and it works.
+    for name in ["Predictions", "Playground", "API keys", "Credits & usage"]:
+        link = phone.locator(f"header nav >> text={name}")
+        expect(link).to_be_visible()
+        box = link.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= PHONE["width"]
+    expect(phone.locator("#logout")).to_be_visible()
+    fits(phone)
+    shot(phone, "11-phone-predictions")
+    phone.locator("header nav >> text=Credits & usage").click()
+    expect(phone).to_have_url(f"{base}/console/credits")
+    fits(phone)
+    phone.locator("header nav >> text=Playground").click()
+    expect(phone).to_have_url(f"{base}/console/models")
+    fits(phone)
+
+    # A run in the playground shows the code that runs it again, with its model and input, never the key.
+    phone.locator('a.tile[data-slug="echo"]').click()
+    expect(phone.locator("#code")).to_be_hidden()
+    phone.fill("#in-text", "hello from a phone")
+    phone.click("#run")
+    expect(phone.locator("#run-status")).to_have_text("succeeded")
+    expect(phone.locator("#code")).to_be_visible()
+    curl = phone.locator("#code-curl")
+    expect(curl).to_contain_text('"model": "echo"')
+    expect(curl).to_contain_text('"text": "hello from a phone"')
+    expect(curl).to_contain_text("$PREDICTD_API_KEY")
+    expect(phone.locator("#code-python")).to_be_hidden()
+    phone.click('#code [data-tab="snippet-python"]')
+    expect(phone.locator("#code-python")).to_be_visible()
+    expect(phone.locator("#code-curl")).to_be_hidden()
+    expect(phone.locator("#code-python")).to_contain_text("predictd.Client(")
+    expect(phone.locator("#code-python")).to_contain_text("'text': 'hello from a phone'")
+    phone.locator("#snippet-python button.copy").click()
+    expect(phone.locator("#snippet-python button.copy")).to_have_text("Copied")
+    assert clipboard(phone) == phone.locator("#code-python").text_content()
+    assert key not in phone.content()
+    fits(phone)
+    shot(phone, "12-phone-playground-code")
+
+    # A prediction's page: its id and output URL copied, its code, and nothing wider than the screen.
+    phone.goto(f"{base}/console/predictions/{thumbnail['id']}")
+    fits(phone)
+    expect(phone.locator("#copy-id")).to_have_attribute("data-copy", thumbnail["id"])
+    phone.click("#copy-id")
+    expect(phone.locator("#copy-id")).to_have_text("Copied")
+    expect(phone.locator("#copy-id")).to_have_class(re.compile(r"\bcopied\b"))
+    assert clipboard(phone) == thumbnail["id"]
+    expect(phone.locator("#copy-id")).to_have_text("Copy ID", timeout=5_000)  # back to itself
+    url = thumbnail["output"]
+    assert url.startswith(f"{base}/v1/outputs/")
+    phone.locator(f'#output-urls button[data-copy="{url}"]').click()
+    assert clipboard(phone) == url
+    expect(phone.locator("#code-javascript")).to_be_hidden()
+    phone.click('#code [data-tab="snippet-javascript"]')
+    expect(phone.locator("#code-javascript")).to_contain_text('model: "thumbnail"')
+    expect(phone.locator("#code-javascript")).to_contain_text('"size": 8')
+    expect(phone.locator("#code-javascript")).to_contain_text("process.env.PREDICTD_API_KEY")
+    expect(phone.locator("#code-javascript")).to_contain_text("input.image: this run's")  # left out, said so
+    shot(phone, "13-phone-prediction")
+
+    # A running prediction's page has a cancel button, which cancels it.
+    phone.goto(f"{base}/console/predictions/{running['id']}")
+    expect(phone.locator("#live-status")).to_have_text(re.compile("pending|processing"))
+    fits(phone)
+    phone.click("#cancel")
+    expect(phone.locator("#status")).to_have_text("cancelled")
+    expect(phone.locator("#cancel")).to_have_count(0)
+    with api(console_server, key) as client:
+        assert client.get(f"/v1/predictions/{running['id']}").json()["status"] == "cancelled"
+
+    # A new key is copied from the page that shows it once.
+    phone.locator("header nav >> text=API keys").click()
+    phone.fill("#label", "phone")
+    phone.click("#create-key")
+    secret = phone.input_value("#new-key")
+    fits(phone)
+    shot(phone, "14-phone-keys")
+    phone.click("#copy-key")
+    expect(phone.locator("#copy-key")).to_have_text("Copied")
+    assert clipboard(phone) == secret
+
+
+def _png() -> bytes:
+    """Noise, so that its data URI is longer than a code snippet carries."""
+    buffer = BytesIO()
+    Image.effect_noise((80, 60), 60).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()

@@ -3,7 +3,11 @@ redirects, headers, and tenant isolation. The browser-driven tests are in tests/
 
 from __future__ import annotations
 
+import html
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -495,3 +499,99 @@ async def test_both_session_stores_bound_sessions_per_account_and_in_all(session
     # The account whose session the global bound ended keeps counting only its live ones.
     f = [(await session_store.open(_principal("acc_c", "key_c2"), "f" * 64))[0] for _ in range(2)]
     assert await live([d, *e, *f]) == [False, False, True, True, True]
+
+
+# -- cancel, copy, code --------------------------------------------------------------------------------------
+
+
+def _page_csrf(page: httpx.Response) -> str:
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_cancel_button_cancels_a_running_prediction(
+    server: Server, key: str, signed: httpx.Client
+) -> None:
+    with server.client(key) as api:
+        running = api.post("/v1/predictions", json={"model": "sleep", "input": {"ms": 30000}}).json()
+        done = api.post(
+            "/v1/predictions", json={"model": "echo", "input": {"text": "x"}, "await": True}
+        ).json()
+    path = f"/console/predictions/{running['id']}"
+    page = signed.get(path)
+    assert 'id="cancel-form"' in page.text
+    assert f'action="{path}/cancel"' in page.text
+    csrf = _page_csrf(page)
+    assert signed.post(f"{path}/cancel", data={"csrf": "x" * 43}).status_code == 403
+    assert (
+        signed.post(
+            f"{path}/cancel", data={"csrf": csrf}, headers={"origin": "https://evil.example"}
+        ).status_code
+        == 403
+    )
+    with server.client(key) as api:
+        assert api.get(f"/v1/predictions/{running['id']}").json()["status"] in ("pending", "processing")
+
+    cancelled = signed.post(f"{path}/cancel", data={"csrf": csrf})
+    assert cancelled.status_code == 303
+    assert cancelled.headers["location"] == path
+    with server.client(key) as api:
+        assert api.get(f"/v1/predictions/{running['id']}").json()["status"] == "cancelled"
+    after = signed.get(path)
+    assert 'id="status">cancelled<' in after.text
+    assert 'id="cancel-form"' not in after.text
+
+    finished = signed.get(f"/console/predictions/{done['id']}")
+    assert 'id="cancel-form"' not in finished.text
+    again = signed.post(f"/console/predictions/{done['id']}/cancel", data={"csrf": csrf})
+    assert again.status_code == 409
+    assert "PREDICTION_NOT_CANCELLABLE" in again.text
+
+
+def _snippets_of(page: str) -> dict[str, str]:
+    return {
+        language: html.unescape(code)
+        for language, code in re.findall(r'<pre class="code" id="code-([a-z]+)">(.*?)</pre>', page, re.S)
+    }
+
+
+def test_the_code_shown_with_a_run_runs_it_again_without_the_key(
+    server: Server, key: str, signed: httpx.Client
+) -> None:
+    text = 'it\'s "quoted" $HOME `date` \\ ünïcode'
+    csrf = csrf_of(signed, "/console/models/echo")
+    run = signed.post(
+        "/console/models/echo/run", json={"input": {"text": text}}, headers={"x-csrf-token": csrf}
+    )
+    assert run.status_code == 201
+    shown = {s["language"]: s["code"] for s in run.json()["snippets"]}
+    page = signed.get(f"/console/predictions/{run.json()['id']}")
+    assert _snippets_of(page.text) == shown
+    assert set(shown) == {"curl", "python", "javascript"}
+    assert "predictd.Client(" in shown["python"]
+    assert "fetch(" in shown["javascript"]
+    assert key not in page.text
+
+    env = {**os.environ, "PREDICTD_API_KEY": key}
+    commands = {
+        "curl": ["bash", "-c", shown["curl"]],
+        "python": [sys.executable, "-c", shown["python"]],
+        "javascript": ["node", "--input-type=module", "-e", shown["javascript"]],
+    }
+    for language, command in commands.items():
+        assert "PREDICTD_API_KEY" in shown[language]
+        ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert ran.returncode == 0, (language, ran.stderr)
+        if language == "python":
+            assert ran.stdout == f"{text}\n"
+        elif language == "curl":
+            answer = orjson.loads(ran.stdout)
+            assert (answer["model"], answer["input"], answer["output"]) == ("echo", {"text": text}, text)
+        else:
+            assert "status: 'succeeded'" in ran.stdout, ran.stdout
+    with server.client(key) as api:
+        listed = api.get("/v1/predictions", params={"model": "echo"}).json()["data"]
+    assert (
+        sum(1 for p in listed if p["input"] == {"text": text}) == 4
+    )  # the console's run, then each snippet's

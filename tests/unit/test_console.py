@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import shlex
 import time
 from datetime import date, timedelta
 from typing import Literal
@@ -11,6 +14,7 @@ from pydantic import Field
 
 from predictd.api.console import _images, _safe_next, bar_chart, form_fields
 from predictd.api.sessions import ConsoleSessions
+from predictd.api.snippets import MAX_INLINE_CHARS, no_snippets, snippets
 from predictd.core.domain import Account, AccountStatus, Principal, utcnow
 from predictd.runtime.predictor import BasePredictor, input_schema
 from predictd.runtime.types import ImageInput, ImageOutput, Prompt
@@ -140,3 +144,78 @@ def test_only_this_servers_outputs_and_raster_data_uris_are_shown_as_images() ->
         "width": 64,
     }
     assert list(_images(output, base)) == [f"{base}v1/outputs/abc.png", "data:image/png;base64,AAAA"]
+
+
+RUN_INPUT = {
+    "text": 'it\'s "quoted" $HOME `date` \\ ünïcode',
+    "steps": 20,
+    "strength": 0.5,
+    "sharpen": False,
+    "seed": None,
+    "tags": ["a", {"b": [1, 2.5]}],
+}
+
+
+def _python_call(code: str) -> tuple[str, object]:
+    """The model and input of the snippet's ``client.run(model, input)``, read as Python reads them."""
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run":
+            model, given = node.args
+            return ast.literal_eval(model), ast.literal_eval(given)
+    raise AssertionError("no client.run(...) call")
+
+
+def test_each_snippet_sends_the_runs_model_and_input_and_reads_the_key_from_the_environment() -> None:
+    by_language = {s.language: s for s in snippets("http://127.0.0.1:8000/", "kitchen", RUN_INPUT)}
+    assert [s.language for s in no_snippets()] == list(by_language) == ["curl", "python", "javascript"]
+    assert [s.label for s in no_snippets()] == [s.label for s in by_language.values()]
+
+    curl = by_language["curl"].code
+    command, _, rest = curl.partition("<<'JSON'\n")
+    body, _, end = rest.rpartition("\nJSON\n")
+    assert end == ""
+    assert json.loads(body) == {"model": "kitchen", "input": RUN_INPUT, "await": True}
+    assert shlex.split(command.replace("\\\n", " "))[:5] == [
+        "curl",
+        "-sS",
+        "-X",
+        "POST",
+        "http://127.0.0.1:8000/v1/predictions",
+    ]
+    assert 'Bearer $PREDICTD_API_KEY"' in command
+
+    python = by_language["python"].code
+    assert _python_call(python) == ("kitchen", RUN_INPUT)
+    assert 'predictd.Client(os.environ["PREDICTD_API_KEY"], base_url="http://127.0.0.1:8000")' in python
+
+    javascript = by_language["javascript"].code
+    start = javascript.index("input: ") + len("input: ")
+    assert json.JSONDecoder().raw_decode(javascript, start)[0] == RUN_INPUT
+    assert 'model: "kitchen"' in javascript
+    assert "`Bearer ${process.env.PREDICTD_API_KEY}`" in javascript
+
+
+def test_a_very_long_input_is_left_out_and_the_snippet_says_so() -> None:
+    image = "data:image/png;base64," + "A" * MAX_INLINE_CHARS
+    given = {"image": image, "masks": ["short", "x" * (MAX_INLINE_CHARS + 1)], "size": 8}
+    for snippet in snippets("http://127.0.0.1:8000/", "thumbnail", given):
+        assert image not in snippet.code
+        assert "<your image>" in snippet.code
+        assert "<your masks[1]>" in snippet.code
+        assert "input.image: this run's 4,118-character data URI is left out" in snippet.code
+        assert "input.masks[1]: this run's 4,097-character value is left out" in snippet.code
+        assert "short" in snippet.code
+    python = snippets("http://127.0.0.1:8000/", "thumbnail", given)[1].code
+    assert _python_call(python)[1] == {
+        "image": "<your image>",
+        "masks": ["short", "<your masks[1]>"],
+        "size": 8,
+    }
+
+
+def test_a_hostile_host_name_stays_one_quoted_word_in_the_shell() -> None:
+    curl = snippets("http://evil$(touch /tmp/x)`id`/", "echo", {"text": "x"})[0].code
+    assert (
+        shlex.split(curl.splitlines()[0].removesuffix("\\"))[4]
+        == "http://evil$(touch /tmp/x)`id`/v1/predictions"
+    )

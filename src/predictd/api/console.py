@@ -24,7 +24,7 @@ import hmac
 import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..core import keys as api_keys
-from ..core.domain import NATIVE_STATUS, Principal, Status, from_micros, utcnow
+from ..core.domain import NATIVE_STATUS, Prediction, Principal, Status, from_micros, utcnow
 from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..usecases.admission import SubmitRequest
@@ -44,6 +44,7 @@ from .auth import caller_region, client_address, count_request
 from .native import error_response, prediction_body
 from .responses import JSONResponse, retry_headers
 from .sessions import COOKIE_NAME, SESSION_TTL_S, ConsoleSession, console_principal, sessions_of
+from .snippets import Snippet, no_snippets, snippets
 from .state import request_id_of, usecases_of
 
 if TYPE_CHECKING:
@@ -434,6 +435,26 @@ def _images(value: Any, base_url: str) -> Iterator[str]:
             yield from _images(item, base_url)
 
 
+def _urls(value: Any) -> Iterator[str]:
+    """Every http(s) URL in a prediction's output, to copy."""
+    if isinstance(value, str):
+        if value.startswith(("http://", "https://")):
+            yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _urls(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _urls(item)
+
+
+def _snippets(prediction: Prediction, base_url: str) -> list[Snippet]:
+    """Code that runs the prediction again; none once its input was removed."""
+    if prediction.data_removed or prediction.input is None:
+        return []
+    return snippets(base_url, prediction.model, prediction.input)
+
+
 @router.get("/predictions/{prediction_id}")
 async def prediction_page(request: Request, prediction_id: str) -> Response:
     async def body(signed: Signed) -> Response:
@@ -451,10 +472,22 @@ async def prediction_page(request: Request, prediction_id: str) -> Response:
             attempts=prediction.attempts,
             input_images=list(_images(prediction.input, base)),
             output_images=list(_images(shown["output"], base)),
+            output_urls=list(dict.fromkeys(_urls(shown["output"]))),
+            snippets=_snippets(prediction, base),
             deliveries=deliveries,
         )
 
     return await _page(request, body)
+
+
+@router.post("/predictions/{prediction_id}/cancel")
+async def cancel_prediction(request: Request, prediction_id: str) -> Response:
+    async def body(signed: Signed, form: dict[str, str]) -> Response:
+        cancelled = await usecases_of(request).predictions.cancel(signed.principal, prediction_id)
+        page = f"/console/predictions/{urllib.parse.quote(cancelled.id, safe='')}"
+        return RedirectResponse(page, status_code=303, headers=SECURITY_HEADERS)
+
+    return await _post(request, body)
 
 
 # -- models and the playground -------------------------------------------------------------------------------
@@ -559,6 +592,7 @@ async def playground_page(request: Request, slug: str) -> Response:
             allowed=signed.principal.plan.allows(info.slug)
             and info.slug not in signed.principal.account.disabled_models,
             fields=form_fields(info.input_schema),
+            snippets=no_snippets(),
         )
 
     return await _page(request, body)
@@ -594,12 +628,14 @@ async def run_model(request: Request, slug: str) -> Response:
     except ApiError as exc:
         return error_response(exc, request_id)
     prediction = submission.prediction
+    base = str(request.base_url)
     return JSONResponse(
         {
             "id": prediction.id,
             "stream": f"/v1/predictions/{prediction.id}/stream",
             "page": f"/console/predictions/{prediction.id}",
-            "prediction": prediction_body(prediction, str(request.base_url)),
+            "prediction": prediction_body(prediction, base),
+            "snippets": [asdict(s) for s in _snippets(prediction, base)],
         },
         status_code=201,
     )

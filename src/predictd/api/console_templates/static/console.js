@@ -1,4 +1,4 @@
-// predictd console: the playground form, live progress over Server-Sent Events, and small page helpers.
+// predictd console: the playground form, live progress over Server-Sent Events, copy buttons, code tabs.
 // Everything from the server is put into the page with textContent or as an <img> src that was checked
 // first; nothing is ever assigned to innerHTML.
 "use strict";
@@ -206,6 +206,7 @@
       }
       link.href = answer.page;
       link.hidden = false;
+      showSnippets(answer.snippets);
       note(answer.prediction.status);
       show(answer.prediction);
       let previous = answer.prediction.status;
@@ -222,6 +223,17 @@
         (message) => { showError("StreamError", "", message); finish(); },
       );
     });
+  }
+
+  // The code that runs this very prediction again, in the tabs the page has for it.
+  function showSnippets(snippets) {
+    const section = document.getElementById("code");
+    if (!section) return;
+    for (const snippet of snippets || []) {
+      const code = document.getElementById("code-" + snippet.language);
+      if (code) code.textContent = snippet.code;
+    }
+    section.hidden = !snippets || snippets.length === 0;
   }
 
   // -- a prediction's page while it runs ------------------------------------------------------------------
@@ -244,6 +256,65 @@
     }
   }
 
+  // -- copy buttons and tabs -------------------------------------------------------------------------------
+
+  // The Clipboard API needs a secure context (https, or localhost); a console reached over plain http on
+  // another host copies through a selected, off-screen text area instead.
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    return new Promise((resolve, reject) => {
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.readOnly = true;
+      area.className = "offscreen";
+      document.body.append(area);
+      area.select();
+      const copied = document.execCommand("copy");
+      area.remove();
+      if (copied) resolve(); else reject(new Error("copying was refused"));
+    });
+  }
+
+  // <button class="copy" data-copy="text"> copies its text; data-copy-from="id", the element's value or text.
+  function copyButtons() {
+    document.addEventListener("click", (event) => {
+      const button = event.target.closest("button.copy");
+      if (!button) return;
+      let text = button.dataset.copy;
+      if (text === undefined) {
+        const source = document.getElementById(button.dataset.copyFrom);
+        text = source ? (source.value !== undefined ? source.value : source.textContent) : "";
+      }
+      const label = button.dataset.label || button.textContent;
+      button.dataset.label = label;
+      const mark = (state, caption) => {
+        button.classList.remove("copied", "failed");
+        if (state) button.classList.add(state);
+        button.textContent = caption;
+        clearTimeout(button.copyTimer);
+        button.copyTimer = setTimeout(() => {
+          button.classList.remove("copied", "failed");
+          button.textContent = label;
+        }, 2000);
+      };
+      copyText(text).then(() => mark("copied", "Copied"), () => mark("failed", "Copy failed"));
+    });
+  }
+
+  function tabs() {
+    for (const list of document.querySelectorAll(".tabs")) {
+      const buttons = [...list.querySelectorAll("[data-tab]")];
+      for (const button of buttons) {
+        button.addEventListener("click", () => {
+          for (const other of buttons) {
+            other.setAttribute("aria-selected", String(other === button));
+            document.getElementById(other.dataset.tab).hidden = other !== button;
+          }
+        });
+      }
+    }
+  }
+
   function selectSecret() {
     const secret = document.getElementById("new-key");
     if (secret) { secret.focus(); secret.select(); }
@@ -255,6 +326,8 @@
     const live = document.getElementById("live");
     if (live) livePage(live);
     confirmForms();
+    copyButtons();
+    tabs();
     selectSecret();
   });
 })();
