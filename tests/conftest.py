@@ -40,6 +40,8 @@ from predictd.store import SqlStore, open_store
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models.py"
+# A model file that does not exist, named by its absolute path: its load error quotes this server's path.
+ABSENT_MODEL_FILE = ROOT / "tests" / "fixtures" / "no-such-folder" / "absent_model.py"
 BACKENDS = ("embedded", "scaled")
 REDIS_URL = os.environ.get("PREDICTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -495,6 +497,10 @@ FIXTURE_MODELS_TOML = f"""
 [[models]]
 slug = "broken"
 ref = "{FIXTURE_MODELS}:Broken"
+
+[[models]]
+slug = "absent"
+ref = "{ABSENT_MODEL_FILE}:Absent"
 
 [[models]]
 slug = "crash"

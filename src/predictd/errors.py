@@ -12,6 +12,7 @@ Every other module takes names, statuses and retryability from here; no error st
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
@@ -52,6 +53,7 @@ class ErrorId(StrEnum):
     LEGAL_REASONS = "LEGAL_REASONS"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    MODEL_SETUP_FAILED = "MODEL_SETUP_FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,17 @@ API_ERRORS: dict[ErrorId, ApiErrorSpec] = {
         _api(
             _E.MODEL_UNAVAILABLE, 503, "InternalServerError", True, "No worker can serve the model right now."
         ),
+        # A model whose own setup raised on every worker that tried: retrying cannot help until an operator
+        # fixes it. Clients know it by the contract's id, at the contract's status for it (500), on both
+        # surfaces, and are told not to retry.
+        _api(
+            _E.MODEL_SETUP_FAILED,
+            500,
+            "InternalServerError",
+            False,
+            "The model failed to start; an operator must fix it before it can run.",
+            native_error_id=_E.MODEL_UNAVAILABLE,
+        ),
     )
 }
 
@@ -230,6 +243,16 @@ def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     head = limit * 3 // 4
     tail = limit - head - 5
     return f"{text[:head]} ... {text[-tail:]}" if tail > 0 else text[:limit]
+
+
+# An absolute path on this machine: slashes, then a last part. What is left of it for a client is that part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])(?:/[^/\s'\"()<>:,;]+)+/([^/\s'\"()<>:,;]+)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: what a client may read of a server-side
+    failure (a model's import or setup error), while the server's log keeps the whole of it."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 class ApiError(Exception):

@@ -373,12 +373,13 @@ def test_cancel_of_a_finished_prediction_is_not_cancellable(client: skytells.Sky
     assert client.predictions.get(prediction.id)["status"] == "succeeded"
 
 
-def test_model_unavailable(client: skytells.SkytellsClient) -> None:
-    expect_error(lambda: client.run("broken", input={"text": "x"}), "MODEL_UNAVAILABLE", 503)
+def test_a_model_whose_setup_fails_is_unavailable(client: skytells.SkytellsClient) -> None:
+    # Its setup raises on every start: the contract's MODEL_UNAVAILABLE at the contract's 500.
+    expect_error(lambda: client.run("broken", input={"text": "x"}), "MODEL_UNAVAILABLE", 500)
     expect_error(
         lambda: client.predictions.create({"model": "broken", "input": {"text": "x"}}),
         "MODEL_UNAVAILABLE",
-        503,
+        500,
     )
 
 

@@ -202,10 +202,14 @@ def test_concurrency_limit_is_released_exactly_when_a_prediction_ends(make_serve
         settle(c, second)
 
 
-def test_internal_server_error_for_an_unavailable_model(client: httpx.Client) -> None:
+def test_internal_server_error_for_a_model_whose_setup_fails(client: httpx.Client) -> None:
+    """As on the Skytells surface: 500, and not worth retrying until an operator fixes the model."""
     response = client.post("/v1/run", json={"model_name": "broken", "inputs": {"text": "x"}})
-    assert_fashn_error(response, ErrorId.MODEL_UNAVAILABLE, "broken")
+    body = assert_fashn_error(response, ErrorId.MODEL_SETUP_FAILED, "broken")
     assert response.status_code == 500
+    assert body["retryable"] is False
+    assert response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in response.headers
 
 
 def test_content_policy_violation_before_queueing(client: httpx.Client) -> None:

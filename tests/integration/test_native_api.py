@@ -23,7 +23,14 @@ from predictd.core.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
 from predictd.store import SqlStore
 
-from ..conftest import FIXTURE_MODELS, ONE_SLEEP_SLOT_SENDING_AHEAD, Server, revoke_key_of
+from ..conftest import (
+    ABSENT_MODEL_FILE,
+    FIXTURE_MODELS,
+    ONE_SLEEP_SLOT_SENDING_AHEAD,
+    ROOT,
+    Server,
+    revoke_key_of,
+)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -482,15 +489,30 @@ def test_prediction_not_cancellable_once_terminal(client: httpx.Client) -> None:
     assert "succeeded" in body["message"]
 
 
-def test_model_unavailable_when_its_worker_cannot_start(client: httpx.Client) -> None:
+def test_a_model_whose_setup_fails_is_unavailable_and_not_worth_retrying(client: httpx.Client) -> None:
+    """Its setup raises on every start: the contract's MODEL_UNAVAILABLE at the contract's 500, told not to
+    retry (a retry cannot help until an operator fixes the model), on both surfaces alike."""
     response = client.post("/v1/predictions", json={"model": "broken", "input": {"text": "x"}})
-    body = assert_error(response, ErrorId.MODEL_UNAVAILABLE, "'broken'", "weights/broken.onnx not found")
-    assert int(response.headers["retry-after"]) >= 1
-    assert int(response.headers["retry-after-ms"]) >= 1000
-    assert body["retryable"] is True
+    body = assert_error(response, ErrorId.MODEL_SETUP_FAILED, "'broken'", "weights/broken.onnx not found")
+    assert body["error_id"] == "MODEL_UNAVAILABLE"
+    assert response.status_code == 500
+    assert body["retryable"] is False
+    assert "retry-after" not in response.headers
     model = client.get("/v1/model/broken").json()
     assert model["status"] == "unavailable"
     assert "FileNotFoundError" in model["status_detail"]
+
+
+def test_a_model_that_fails_to_load_shows_clients_the_reason_not_the_servers_paths(
+    server: Server, client: httpx.Client
+) -> None:
+    response = client.post("/v1/predictions", json={"model": "absent", "input": {"text": "x"}})
+    body = assert_error(response, ErrorId.MODEL_SETUP_FAILED, "'absent'", "absent_model.py")
+    shown = [body["message"], client.get("/v1/model/absent").json()["status_detail"], response.text]
+    for text in shown:
+        assert str(ROOT) not in text, text
+        assert "no-such-folder" not in text, text
+    assert str(ABSENT_MODEL_FILE) in server.log(), "the log keeps the whole path"
 
 
 @pytest.mark.parametrize(

@@ -365,9 +365,13 @@ def test_prediction_not_found(client: Client) -> None:
 def test_model_unavailable(client: Client) -> None:
     with pytest.raises(InternalServerError) as caught:
         client.with_options(max_retries=0).run("broken", {"text": "x"})
-    error = expect(predictd.sdk.ModelUnavailableError, ErrorId.MODEL_UNAVAILABLE, 503, caught)
+    # The broken model's setup fails on every start: the wire's MODEL_UNAVAILABLE, at 500, not retryable.
+    error = caught.value
+    assert type(error) is predictd.sdk.ModelUnavailableError
+    assert (error.status, error.error_id, error.retryable) == (500, "MODEL_UNAVAILABLE", False)
+    assert error.headers["x-should-retry"] == "false"
     assert "weights/broken.onnx not found" in error.message
-    assert int(error.headers["retry-after"]) >= 1
+    assert "retry-after" not in error.headers
 
 
 def test_a_failed_prediction_raises_prediction_failed(client: Client) -> None:
@@ -400,7 +404,8 @@ def test_fashn_error_bodies_parse_too(server: Server, key: str) -> None:
     assert (error.status, error.error_id, error.retryable) == (401, "UnauthorizedAccess", False)
     error = error_from_response(unavailable)
     assert type(error) is InternalServerError
-    assert (error.status, error.error_id, error.retryable) == (500, "InternalServerError", True)
+    # The broken model's setup fails on every start: the body says a retry cannot help.
+    assert (error.status, error.error_id, error.retryable) == (500, "InternalServerError", False)
     # a FASHN name that maps to one catalog id gets that id's class
     limited = httpx.Response(
         429, json={"error": "RateLimitExceeded", "message": "slow down", "retryable": True, "request_id": "r"}

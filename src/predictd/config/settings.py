@@ -135,6 +135,7 @@ class ModelConfig(BaseModel):
         available: bool,
         schemas: tuple[dict[str, Any], dict[str, Any]] | None,
         status_detail: str = "",
+        setup_failed: bool = False,
     ) -> ModelInfo:
         """The model as the API shows it, given what its workers report."""
         return ModelInfo(
@@ -144,6 +145,7 @@ class ModelConfig(BaseModel):
             input_schema=schemas[0] if schemas else None,
             output_schema=schemas[1] if schemas else None,
             status_detail=status_detail,
+            setup_failed=setup_failed,
             price=self.price,
             price_unit=self.price_unit,
             timeout_s=self.timeout_s,

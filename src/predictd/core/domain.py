@@ -224,6 +224,8 @@ class ModelInfo:
     input_schema: dict[str, Any] | None
     output_schema: dict[str, Any] | None
     status_detail: str = ""
+    # Its own setup raised on every worker that tried to start it: unavailable until an operator fixes it.
+    setup_failed: bool = False
     price: float = 0.0
     price_unit: str = "prediction"
     timeout_s: float = 600.0

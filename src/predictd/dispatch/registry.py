@@ -36,6 +36,7 @@ def announcement(worker_id: str, models: Sequence[ModelInfo], slots: dict[str, i
             m.slug: {
                 "available": m.available,
                 "detail": m.status_detail,
+                "setup_failed": m.setup_failed,
                 "slots": slots.get(m.slug, 0),
                 "input_schema": m.input_schema,
                 "output_schema": m.output_schema,
@@ -53,6 +54,7 @@ class ModelView:
     schemas: Schemas | None
     detail: str
     slots: int
+    setup_failed: bool = False  # every worker announcing it says its setup raised
 
 
 def model_views(announcements: Sequence[dict[str, Any]]) -> dict[str, ModelView]:
@@ -66,14 +68,18 @@ def model_views(announcements: Sequence[dict[str, Any]]) -> dict[str, ModelView]
             current = views.get(slug)
             available = bool(said.get("available"))
             slots = int(said.get("slots") or 0) if available else 0
+            setup_failed = not available and bool(said.get("setup_failed"))
             if current is None:
-                views[slug] = ModelView(available, schemas, str(said.get("detail") or ""), slots)
+                views[slug] = ModelView(
+                    available, schemas, str(said.get("detail") or ""), slots, setup_failed
+                )
                 continue
             views[slug] = ModelView(
                 current.available or available,
                 current.schemas if current.schemas is not None and current.available else schemas,
                 current.detail if not available else "",
                 current.slots + slots,
+                current.setup_failed and setup_failed,
             )
     return views
 
@@ -144,7 +150,12 @@ class RedisCatalog:
                 available=False, schemas=None, status_detail="no live worker serves this model"
             )
         detail = "" if view.available else (view.detail or "no live worker can run this model")
-        return config.info(available=view.available, schemas=self._schemas.get(slug), status_detail=detail)
+        return config.info(
+            available=view.available,
+            schemas=self._schemas.get(slug),
+            status_detail=detail,
+            setup_failed=view.setup_failed,
+        )
 
     async def refresh(self) -> None:
         now = time.time()

@@ -18,7 +18,12 @@ _READ_BYTES = 256 * 1024
 
 
 class WorkerStartError(Exception):
-    pass
+    """The worker did not get ready. ``setup_failed``: the model's own loading or setup raised (as opposed
+    to a worker that died, or was too slow): it will fail the same way until an operator fixes it."""
+
+    def __init__(self, message: str, *, setup_failed: bool = False) -> None:
+        super().__init__(message)
+        self.setup_failed = setup_failed
 
 
 class WorkerProcess:
@@ -84,7 +89,9 @@ class WorkerProcess:
         setup = protocol.decode_setup(line)
         if not isinstance(setup, protocol.Ready):
             await _terminate(proc)
-            raise WorkerStartError("model setup failed" if setup is None else setup.message)
+            if setup is None:
+                raise WorkerStartError("model setup failed")
+            raise WorkerStartError(setup.message, setup_failed=True)
         return cls(proc, setup, cancel_fd)
 
     def send(self, prediction_id: str, inputs: dict[str, Any]) -> bool:

@@ -35,6 +35,7 @@ from ..config.settings import ModelConfig
 from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
 from ..core.ports import Job, RunRecords, WorkSource
+from ..errors import without_paths
 from .outcomes import Outcome, WorkerDied
 from .pipeline import MODEL_TIMEOUT_ENV
 from .process import WorkerProcess, WorkerStartError
@@ -54,7 +55,8 @@ class Slot:
     index: int
     worker: WorkerProcess | None = None
     failures: int = 0
-    last_error: str = ""
+    last_error: str = ""  # why its worker last failed to start, as clients may read it
+    setup_failed: bool = False  # that failure was the model's own setup raising
     tried: asyncio.Event = field(default_factory=asyncio.Event)
     current: str | None = None
     ahead: set[str] = field(default_factory=set)  # predictions sent to the worker after ``current``
@@ -93,7 +95,7 @@ class Supervisor:
         self._cancel_grace_s = cancel_grace_s
         self._slots: dict[str, list[Slot]] = {m.slug: [Slot(m, i) for i in range(m.workers)] for m in models}
         self._schemas: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._infos: dict[str, tuple[tuple[bool, Any, str], ModelInfo]] = {}
+        self._infos: dict[str, tuple[tuple[bool, Any, str, bool], ModelInfo]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._waiting: dict[str, int] = dict.fromkeys(self._models, 0)  # idle slots, per model
         # What recording an outcome needs of a model (its price and deadline), built once, not per prediction.
@@ -120,13 +122,16 @@ class Supervisor:
         )
         if not slots:
             detail = "no worker is configured for this model"
+        setup_failed = bool(slots) and not available and all(s.setup_failed for s in slots)
         # Built again only when what it shows changes: every submit reads it.
-        key = (available, schemas, detail)  # the schemas compare by identity first: a restart replaces them
+        key = (available, schemas, detail, setup_failed)  # schemas by identity first: a restart replaces them
         cached = self._infos.get(slug)
         if cached is None or cached[0] != key:
             cached = self._infos[slug] = (
                 key,
-                config.info(available=available, schemas=schemas, status_detail=detail),
+                config.info(
+                    available=available, schemas=schemas, status_detail=detail, setup_failed=setup_failed
+                ),
             )
         return cached[1]
 
@@ -180,7 +185,7 @@ class Supervisor:
                     slot.worker.ready.input_schema,
                     slot.worker.ready.output_schema,
                 )
-                slot.failures, slot.last_error = 0, ""
+                slot.failures, slot.last_error, slot.setup_failed = 0, "", False
                 log.info(
                     "worker ready",
                     model=slot.model.slug,
@@ -190,7 +195,10 @@ class Supervisor:
                 )
             except WorkerStartError as exc:
                 slot.worker = None
-                slot.last_error = f"model {slot.model.slug!r} failed to start: {exc}"
+                # Clients read this (a submit's MODEL_UNAVAILABLE, /v1/models): the reason without the
+                # server's paths. The log below keeps the whole of it.
+                slot.last_error = f"model {slot.model.slug!r} failed to start: {without_paths(str(exc))}"
+                slot.setup_failed = exc.setup_failed
                 delay = RESTART_BACKOFF_S[min(slot.failures, len(RESTART_BACKOFF_S) - 1)]
                 slot.failures += 1
                 log.warning(

@@ -72,6 +72,10 @@ class Admission:
         info = self._models.get(request.model)
         _check_entitlement(principal, info, request)
         rules = self._input_rules(info)
+        if not info.available and info.setup_failed:
+            raise ApiError(
+                ErrorId.MODEL_SETUP_FAILED, f"Model {info.slug!r} cannot run: {info.status_detail}."
+            )
         if not info.available or rules is None:
             raise ApiError(
                 ErrorId.MODEL_UNAVAILABLE,
