@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEMO_KEY_FILE = "demo-key"
+from ..config.settings import DEMO_KEY_FILE
 
 
 def demo_key_path(data_dir: Path) -> Path:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from .. import __version__
 from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
+from ..deploy.private_files import keep_private
 from ..errors import ApiError
 from ..store import SqlStore, open_store
 from ..store.presence import Absence, missing_database, shown_url
@@ -169,6 +170,7 @@ def serve(
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
+    keep_private(settings.data_dir)
     _migrate_apart(settings)
     kept = kept_demo_key(settings.data_dir) if demo else None
     secret = _with_store(
@@ -220,6 +222,7 @@ def worker(
         err.print("[red]predictd worker needs --database and --redis[/red] (the deployment's shared state)")
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
+    keep_private(settings.data_dir)
     only = [slug.strip() for slug in models.split(",") if slug.strip()] if models else None
     try:
         asyncio.run(_run_worker(settings, only, WEBHOOK_RENDERERS))
@@ -274,6 +277,8 @@ def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
     --create-database); a use case's errors exit 1 with their message."""
     settings = _settings()
     absence = asyncio.run(missing_database(settings.resolved_database_url))
+    if absence is None or _Options.create_database:
+        keep_private(settings.data_dir)
     if absence is not None and not (_Options.create_database and absence.creatable):
         typer.echo(_no_database(settings, absence), err=True)
         raise typer.Exit(1)

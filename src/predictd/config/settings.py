@@ -21,6 +21,11 @@ from pydantic_settings import (
 
 from ..core.domain import ModelInfo
 
+# What predictd keeps in the data folder (see deploy/private_files.py: only its owner may read them).
+DATABASE_FILE = "predictd.sqlite3"  # embedded mode's database, unless database_url names another
+OUTPUTS_FOLDER = "outputs"  # output images behind their expiring URLs
+DEMO_KEY_FILE = "demo-key"  # serve --demo's key, printed again at every start
+
 BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
     {
         "slug": "echo",
@@ -447,10 +452,14 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / OUTPUTS_FOLDER
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return async_driver_url(self.database_url)
-        return f"sqlite:///{(self.data_dir / 'predictd.sqlite3').resolve()}"
+        return f"sqlite:///{(self.data_dir / DATABASE_FILE).resolve()}"
 
     @property
     def scaled_out(self) -> bool:

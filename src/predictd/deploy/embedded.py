@@ -240,7 +240,7 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
     """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses.
     ``renderers`` turn a prediction into each surface's webhook payload (given by the HTTP layer)."""
     store = await open_deployment_store(settings)
-    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
+    outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = LocalBroker()
     notifier = LocalNotifier()
     notifier.add_listener(metrics.observe_prediction)

@@ -65,7 +65,7 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
     store = await open_deployment_store(settings)
     redis, keys = _redis(settings)
-    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
+    outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = RedisBroker(redis, keys)
     notifier = RedisNotifier(redis, keys, store)
     notifier.add_listener(metrics.observe_prediction)
@@ -125,7 +125,7 @@ async def start_worker(
     models = [known[slug] for slug in only] if only else list(known.values())
     store = await open_deployment_store(settings)
     redis, keys = _redis(settings)
-    outputs = LocalOutputs(settings.data_dir / "outputs", settings.outputs_ttl_s)
+    outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     notifier = RedisNotifier(redis, keys, store)
     metrics = Metrics()
     notifier.add_listener(metrics.observe_prediction)
