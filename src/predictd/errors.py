@@ -54,6 +54,11 @@ class ErrorId(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_SETUP_FAILED = "MODEL_SETUP_FAILED"
+    # Refused by the HTTP connection itself, before any route runs (api/http_protocol.py).
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    REQUEST_HEADERS_TOO_LARGE = "REQUEST_HEADERS_TOO_LARGE"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,12 @@ FASHN_STATUS: dict[str, int] = {
     "ConcurrencyLimitExceeded": 429,
     "OutOfCredits": 429,
     "InternalServerError": 500,
+    # Not on the seed page: the HTTP connection's own refusals, which keep their HTTP status on both
+    # surfaces (clients and proxies act on 408 / 414 / 431 / 503 before they read a body).
+    "RequestTimeout": 408,
+    "URITooLong": 414,
+    "RequestHeaderFieldsTooLarge": 431,
+    "ServiceUnavailable": 503,
 }
 
 
@@ -227,8 +238,42 @@ API_ERRORS: dict[ErrorId, ApiErrorSpec] = {
             "The model failed to start; an operator must fix it before it can run.",
             native_error_id=_E.MODEL_UNAVAILABLE,
         ),
+        _api(
+            _E.REQUEST_TIMEOUT,
+            408,
+            "RequestTimeout",
+            True,
+            "The request's headers or body did not arrive in time.",
+        ),
+        _api(
+            _E.URI_TOO_LONG,
+            414,
+            "URITooLong",
+            False,
+            "The request line (method, path and query) is longer than this deployment accepts.",
+        ),
+        _api(
+            _E.REQUEST_HEADERS_TOO_LARGE,
+            431,
+            "RequestHeaderFieldsTooLarge",
+            False,
+            "A request header, the number of headers or their total size exceeds this deployment's limits.",
+        ),
+        _api(
+            _E.TOO_MANY_CONNECTIONS,
+            503,
+            "ServiceUnavailable",
+            True,
+            "Too many connections are open from this client, or to this server.",
+        ),
     )
 }
+
+# The errors the HTTP connection answers by itself (no route ran): not in the public contract's table,
+# which lists what routes answer.
+CONNECTION_ERRORS = frozenset(
+    {_E.REQUEST_TIMEOUT, _E.URI_TOO_LONG, _E.REQUEST_HEADERS_TOO_LARGE, _E.TOO_MANY_CONNECTIONS}
+)
 
 
 # Messages quote what the caller sent (a slug, a use case, a value that failed its schema). Each is clipped

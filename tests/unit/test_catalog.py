@@ -9,6 +9,7 @@ import pytest
 
 from predictd.errors import (
     API_ERRORS,
+    CONNECTION_ERRORS,
     DEADLINE_EXCEEDED,
     FASHN_STATUS,
     RUNTIME_ERRORS,
@@ -82,6 +83,13 @@ def test_retryability_is_declared_and_429_503_are_retryable(error_id: ErrorId) -
         assert spec.retryable
     if spec.http_status in (400, 401, 403, 404, 409):
         assert not spec.retryable
+
+
+@pytest.mark.parametrize("error_id", sorted(CONNECTION_ERRORS))
+def test_the_connections_own_refusals_keep_their_http_status_on_both_surfaces(error_id: ErrorId) -> None:
+    spec = API_ERRORS[error_id]
+    assert spec.fashn_status == spec.http_status
+    assert spec.http_status in (408, 414, 431, 503)
 
 
 def test_concurrency_limit_answers_rate_limit_id_on_the_skytells_surface() -> None:

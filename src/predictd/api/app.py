@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -63,7 +63,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
     request_id = request_id_of(request)
-    log.error("unhandled error", request_id=request_id, path=request.url.path, exc_info=exc)
+    if isinstance(exc, ClientDisconnect):
+        # The client left while its body was read, or the connection cut it off (a body too slow, see
+        # http_protocol.py): nothing failed here, and the answer below goes nowhere.
+        log.info("client left before its request was read", request_id=request_id, path=request.url.path)
+    else:
+        log.error("unhandled error", request_id=request_id, path=request.url.path, exc_info=exc)
     response = _render(
         request,
         ApiError(ErrorId.INTERNAL_ERROR, f"An unexpected error occurred; quote request id {request_id}."),

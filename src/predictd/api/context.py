@@ -33,16 +33,21 @@ _ID_PREFIX = "req_" + secrets.token_hex(10)
 _ID_COUNTER = itertools.count()
 
 
+def new_request_id() -> str:
+    """``req_``, the process's 20 hex digits, the request's number in hex (formatted without a width: a
+    third of the time of ``:012x``)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The caller's ``X-Request-Id`` when it is a sane one, otherwise a new one: ``req_``, the process's 20
-    hex digits, the request's number in hex (formatted without a width: a third of the time of ``:012x``)."""
+    """The caller's ``X-Request-Id`` when it is a sane one, otherwise a new one."""
     for name, value in headers:
         if name == b"x-request-id":
             incoming = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(incoming):
                 return incoming
             break
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    return new_request_id()
 
 
 def _with_context_headers(

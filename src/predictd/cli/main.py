@@ -166,11 +166,15 @@ def serve(
     import uvicorn
 
     from ..api.app import create_app
-    from ..api.http_protocol import CoalescingHttpToolsProtocol
+    from ..api.http_guard import open_file_shortfall
+    from ..api.http_protocol import guarded
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
     keep_private(settings.data_dir)
+    shortfall = open_file_shortfall(settings)
+    if shortfall:
+        err.print(f"[yellow]warning:[/yellow] {shortfall}")
     _migrate_apart(settings)
     kept = kept_demo_key(settings.data_dir) if demo else None
     secret = _with_store(
@@ -192,7 +196,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=guarded(settings),
+        ws="none",  # no route speaks WebSocket: an upgrade request is an ordinary request
         lifespan="on",
         access_log=False,
         # Who forwarded a request, and what a forwarding header may be believed about, is decided in one

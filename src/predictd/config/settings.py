@@ -302,6 +302,59 @@ class ModerationSettings(BaseModel):
     blocked_terms: list[str] = Field(default_factory=list, description="Operator word list for prompts.")
 
 
+class HttpSettings(BaseModel):
+    """Limits the HTTP connection enforces before any route runs (api/http_protocol.py). Each answers
+    with its own status: 414 and 431 for an oversized head, 408 for a head or body that does not arrive
+    in time, 503 for a connection beyond the caps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_line_bytes: int = Field(
+        default=8192,
+        ge=64,
+        description="Longest request line (method, path and query, version); longer: 414.",
+    )
+    max_header_bytes: int = Field(
+        default=8192, ge=64, description="Longest header line (name and value); longer: 431."
+    )
+    max_headers: int = Field(default=100, ge=1, description="Most headers in one request; more: 431.")
+    max_head_bytes: int = Field(
+        default=65536, ge=64, description="Most bytes of a request line and its headers together; more: 431."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest from a request's first byte to the end of its headers; then 408.",
+    )
+    min_body_rate: int = Field(
+        default=1024,
+        ge=0,
+        description="Bytes per second a request body must bring over each body_rate_window_s, else 408 "
+        "(0: no limit). A body has no overall deadline.",
+    )
+    body_rate_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="The period min_body_rate is measured over; the first is the body's grace.",
+    )
+    keep_alive_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A connection with no request and no answer under way is closed after this.",
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Open connections, all clients together; beyond, a new one is answered 503.",
+    )
+    max_connections_per_client: int = Field(
+        default=256,
+        ge=1,
+        description="Open connections from one client address (IPv6: one /64), except the legal "
+        "trusted_proxies; beyond, a new one is answered 503.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTD_", extra="forbid")
 
@@ -405,6 +458,11 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings,
         description="The web console's sessions: how many one account, and all together, may keep open.",
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings,
+        description="The HTTP connection's own limits, before any route runs: the size of a request's head, "
+        "how fast its head and body must arrive, idle connections, and connections per client and in all.",
     )
     admin_key: str | None = Field(
         default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."
