@@ -22,9 +22,9 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -33,7 +33,6 @@ from ..core.domain import (
     AccountStatus,
     ApiKey,
     Credits,
-    CreditsRefused,
     DailyUsage,
     IdempotencyRecord,
     LedgerEntry,
@@ -45,18 +44,16 @@ from ..core.domain import (
     WebhookAttempt,
     WebhookDelivery,
     new_id,
-    sources_of,
-    to_micros,
     utcnow,
 )
 from ..core.keys import new_webhook_secret
 from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
+from . import rules
 from .engines import Connection, Engine, ThreadedEngine
 from .migrate import at_head, migration_lock, upgrade_to_head
 from .schema import (
     UNFINISHED_SQL,
     UTCDateTime,
-    account_credits,
     accounts,
     api_keys,
     idempotency_keys,
@@ -150,25 +147,6 @@ def _plan(row: Row[Any]) -> Plan:
     )
 
 
-_BALANCE_SIGN = {"grant": 1, "adjust": 1, "charge": -1}
-_RESERVED_SIGN = {"reserve": 1, "release": -1}
-
-
-def _sums(signs: dict[str, int]) -> Any:
-    return func.coalesce(
-        func.sum(
-            case(
-                *(
-                    (ledger_entries.c.kind == kind, ledger_entries.c.amount_micros * sign)
-                    for kind, sign in signs.items()
-                ),
-                else_=0,
-            )
-        ),
-        0,
-    )
-
-
 def _key(row: Row[Any]) -> ApiKey:
     return ApiKey(
         id=row.id,
@@ -217,22 +195,13 @@ def _prediction(row: Row[Any]) -> Prediction:
     )
 
 
-_PREDICTION_COLUMNS = frozenset(c.name for c in predictions.columns)
-
-
 def _transition_statement(move: Move) -> Any:
-    """The guarded UPDATE of one move: it matches only from a state the state machine allows."""
-    changes: dict[str, Any] = dict(move.changes)
-    unknown = set(changes) - _PREDICTION_COLUMNS
-    if unknown:
-        raise ValueError(f"unknown prediction columns: {sorted(unknown)}")
-    if move.count_attempt:
-        changes["attempts"] = predictions.c.attempts + 1
-    changes["version"] = predictions.c.version + 1
-    allowed = [s.value for s in sources_of(move.target)]
+    """The guarded UPDATE of one move (see rules.py)."""
+    changes = rules.move_changes(move)
+    changes.update({c: literal_column(sql) for c, sql in rules.counters(move.count_attempt).items()})
     return (
         update(predictions)
-        .where(predictions.c.id == move.prediction_id, predictions.c.status.in_(allowed))
+        .where(predictions.c.id == move.prediction_id, text(rules.status_guard_sql(move.target)))
         .values(status=move.target.value, **changes)
         .returning(*predictions.columns)
     )
@@ -325,10 +294,10 @@ class SqlStore:
         self, account_id: str, kind: str, amount_micros: int, note: str | None
     ) -> Credits:
         """An operator's grant or adjustment (positive or negative)."""
-        if kind not in ("grant", "adjust"):
+        if kind not in rules.HAND_ENTERED:
             raise ValueError("only grants and adjustments are entered by hand")
         async with self.engine.begin() as conn:
-            await self._add_entries(conn, account_id, [(kind, amount_micros, None, note)])
+            await self._add_entries(conn, account_id, [(kind, amount_micros)], note=note)
             return await self._credits(conn, account_id)
 
     async def credits(self, account_id: str) -> Credits:
@@ -338,54 +307,26 @@ class SqlStore:
     async def ledger_sums(self, account_id: str) -> Credits:
         """The account's credits summed from its whole ledger: what ``credits`` must always equal."""
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(_sums(_BALANCE_SIGN), _sums(_RESERVED_SIGN)).where(
-                        ledger_entries.c.account_id == account_id
-                    )
-                )
-            ).one()
+            row = (await conn.execute(text(rules.LEDGER_SUMS_SQL), {"account_id": account_id})).one()
         return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
 
     @staticmethod
     async def _credits(conn: Connection, account_id: str) -> Credits:
-        row = (
-            await conn.execute(
-                select(account_credits.c.balance_micros, account_credits.c.reserved_micros).where(
-                    account_credits.c.account_id == account_id
-                )
-            )
-        ).first()
-        if row is None:
-            return Credits(balance_micros=0, reserved_micros=0)
-        return Credits(balance_micros=int(row[0]), reserved_micros=int(row[1]))
+        row = (await conn.execute(text(rules.CREDITS_SQL), {"account_id": account_id})).first()
+        return rules.credits_of(row)
 
-    def _change_totals(self, account_id: str, balance_micros: int, reserved_micros: int) -> Any:
-        """Add to the account's running sums (creating its row); on PostgreSQL this locks the row."""
-        values = {
-            "account_id": account_id,
-            "balance_micros": balance_micros,
-            "reserved_micros": reserved_micros,
-        }
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert  # not loaded in embedded mode
-
-            statement: Any = pg_insert(account_credits).values(**values)
-        else:
-            statement = sqlite_insert(account_credits).values(**values)
-        return statement.on_conflict_do_update(
-            index_elements=[account_credits.c.account_id],
-            set_={
-                "balance_micros": account_credits.c.balance_micros + statement.excluded.balance_micros,
-                "reserved_micros": account_credits.c.reserved_micros + statement.excluded.reserved_micros,
-            },
-        )
-
+    @staticmethod
     async def _add_entries(
-        self, conn: Connection, account_id: str, entries: list[tuple[str, int, str | None, str | None]]
+        conn: Connection,
+        account_id: str,
+        entries: list[rules.Entry],
+        *,
+        prediction_id: str | None = None,
+        note: str | None = None,
     ) -> None:
-        """Append ledger entries (kind, amount, prediction id, note) and move the account's sums with them,
-        in the caller's transaction."""
+        """Append ledger entries and move the account's sums with them, in the caller's transaction."""
+        if not entries:
+            return
         now = utcnow()
         await conn.execute(
             insert(ledger_entries),
@@ -398,12 +339,10 @@ class SqlStore:
                     "note": note,
                     "created_at": now,
                 }
-                for kind, amount, prediction_id, note in entries
+                for kind, amount in entries
             ],
         )
-        balance = sum(amount * _BALANCE_SIGN.get(kind, 0) for kind, amount, _, _ in entries)
-        reserved = sum(amount * _RESERVED_SIGN.get(kind, 0) for kind, amount, _, _ in entries)
-        await conn.execute(self._change_totals(account_id, balance, reserved))
+        await conn.execute(text(rules.CHANGE_TOTALS_SQL), rules.totals_change(account_id, entries))
 
     async def ledger(
         self, account_id: str, limit: int = 100, before_id: int | None = None
@@ -422,27 +361,16 @@ class SqlStore:
         # Writing the account's sums row first serialises every change to this account's credits (a row
         # lock on PostgreSQL, the database write lock on SQLite), so the check below cannot race another
         # submit, a settlement or a grant.
-        await conn.execute(self._change_totals(prediction.account_id, 0, 0))
+        await conn.execute(text(rules.CHANGE_TOTALS_SQL), rules.totals_change(prediction.account_id, []))
         credits = await self._credits(conn, prediction.account_id)
-        if credits.balance_micros < 0 or credits.available_micros < amount_micros:
-            raise CreditsRefused(credits, amount_micros)
-        await self._add_entries(
-            conn, prediction.account_id, [("reserve", amount_micros, prediction.id, None)]
-        )
+        entries = rules.reservation_entries(credits, amount_micros)
+        await self._add_entries(conn, prediction.account_id, entries, prediction_id=prediction.id)
 
     async def _settle(self, conn: Connection, prediction: Prediction) -> None:
-        """Close the prediction's reservation; charge its cost only if it succeeded."""
-        held = (
-            await conn.execute(
-                select(_sums(_RESERVED_SIGN)).where(ledger_entries.c.prediction_id == prediction.id)
-            )
-        ).scalar_one()
-        if not held:
-            return
-        entries: list[tuple[str, int, str | None, str | None]] = [("release", int(held), prediction.id, None)]
-        if prediction.status is Status.SUCCEEDED and prediction.cost:
-            entries.append(("charge", min(to_micros(prediction.cost), int(held)), prediction.id, None))
-        await self._add_entries(conn, prediction.account_id, entries)
+        """Close the prediction's reservation (see rules.settlement_entries)."""
+        held = (await conn.execute(text(rules.HELD_SQL), {"prediction_id": prediction.id})).scalar_one()
+        entries = rules.settlement_entries(int(held), prediction.status, prediction.cost)
+        await self._add_entries(conn, prediction.account_id, entries, prediction_id=prediction.id)
 
     async def record_security_event(self, account_id: str, rule_id: str, field: str, since: datetime) -> int:
         """Record a violation; return how many the account has had since ``since`` (this one included)."""
