@@ -35,7 +35,7 @@ import pytest
 
 from predictd.config.settings import BUILTIN_MODELS
 from predictd.core import keys
-from predictd.store import SqlStore, open_store
+from predictd.store import Database, open_database
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,17 +153,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def revoke_key_of(store: SqlStore, secret: str) -> None:
+async def revoke_key_of(db: Database, secret: str) -> None:
     """Revoke the key whose secret is given, as `predictd keys revoke` does by its id."""
-    found = await store.find_key(keys.digest(secret))
+    found = await db.accounts.find_key(keys.digest(secret))
     assert found is not None
-    assert await store.revoke_key(found[0].id)
+    assert await db.accounts.revoke_key(found[0].id)
 
 
-async def _mint_key(store: SqlStore, account: str) -> str:
-    owner = await store.get_account_by_name(account) or await store.create_account(account)
+async def _mint_key(db: Database, account: str) -> str:
+    owner = await db.accounts.get_account_by_name(account) or await db.accounts.create_account(account)
     new = keys.generate_key()
-    await store.create_key(owner.id, new.digest, new.prefix, "test")
+    await db.accounts.create_key(owner.id, new.digest, new.prefix, "test")
     return new.secret
 
 
@@ -462,18 +462,18 @@ class Server:
 
     def key(self, account: str | None = None) -> str:
         name = account or f"acct-{uuid.uuid4().hex[:8]}"
-        return self.with_store(lambda store: _mint_key(store, name))
+        return self.with_database(lambda db: _mint_key(db, name))
 
-    def with_store(self, action: Callable[[SqlStore], Coroutine[Any, Any, T]]) -> T:
-        """Run ``action`` on this deployment's store (SQLite or PostgreSQL), opened beside the server's own
+    def with_database(self, action: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
+        """Run ``action`` on this deployment's database (SQLite or PostgreSQL), opened beside the server's own
         connections and closed afterwards: for reading what the API does not show, or minting keys."""
 
         async def run() -> T:
-            store = await open_store(self.database_url)
+            db = await open_database(self.database_url)
             try:
-                return await action(store)
+                return await action(db)
             finally:
-                await store.close()
+                await db.close()
 
         return run_sync(run())
 

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from predictd.store import SqlStore
+from predictd.store import Database
 
 from ..conftest import FIXTURE_MODELS_TOML, Server
 
@@ -369,17 +369,17 @@ def test_keys_are_shown_once_listed_by_prefix_and_a_revoked_key_stops_working(
 # -- credits, usage and webhooks -----------------------------------------------------------------------------
 
 
-async def _grant(store: SqlStore, account: str, credits: float, note: str) -> None:
-    owner = await store.get_account_by_name(account)
+async def _grant(db: Database, account: str, credits: float, note: str) -> None:
+    owner = await db.accounts.get_account_by_name(account)
     assert owner is not None
-    await store.add_ledger_entry(owner.id, "grant", round(credits * 1_000_000), note)
+    await db.accounts.add_ledger_entry(owner.id, "grant", round(credits * 1_000_000), note)
 
 
 def test_credits_page_shows_the_balance_the_ledger_and_usage_per_day(
     console_server: Server, page: Page, tmp_path: Path
 ) -> None:
     key = console_server.key("credits-co")
-    console_server.with_store(lambda store: _grant(store, "credits-co", 100, "welcome <credits>"))
+    console_server.with_database(lambda db: _grant(db, "credits-co", 100, "welcome <credits>"))
     photo(tmp_path / "p.jpg")
     data_uri = "data:image/jpeg;base64," + base64.b64encode((tmp_path / "p.jpg").read_bytes()).decode()
     with api(console_server, key) as client:

@@ -331,7 +331,7 @@ def test_unauthorized(server: Server) -> None:
     secret = server.key()
     revocable = sdk(server, secret)
     assert revocable.run("echo", input={"text": "before"}).output == "before"
-    server.with_store(lambda store: revoke_key_of(store, secret))
+    server.with_database(lambda db: revoke_key_of(db, secret))
     expect_error(lambda: revocable.run("echo", input={"text": "after"}), "UNAUTHORIZED", 401)
     expect_error(lambda: revocable.predictions.list(), "UNAUTHORIZED", 401)
 

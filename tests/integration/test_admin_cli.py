@@ -220,7 +220,7 @@ def test_lists_print_whole_ids_and_json_when_piped(make_server: Any) -> None:
     for _ in range(2):
         ok(server, "keys", "create", "--account", "listed")
     ok(server, "credits", "grant", "listed", "4", "--note", "welcome")
-    stored = server.with_store(lambda store: store.list_keys(account_id))
+    stored = server.with_database(lambda db: db.accounts.list_keys(account_id))
     key_ids = [key.id for key in stored]
 
     # What `cli` captures is a pipe: nothing may be cut to fit a terminal's width.

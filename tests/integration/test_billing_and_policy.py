@@ -291,19 +291,19 @@ def test_admin_api_is_off_without_an_admin_key(server: Server) -> None:
 
 def _ledger_totals(server: Server, account: str) -> dict[str, float]:
     from predictd.core.domain import from_micros
-    from predictd.store import SqlStore
+    from predictd.store import Database
 
-    async def read(store: SqlStore) -> dict[str, float]:
-        found = await store.get_account_by_name(account)
+    async def read(db: Database) -> dict[str, float]:
+        found = await db.accounts.get_account_by_name(account)
         assert found is not None
-        entries = await store.ledger(found.id, limit=100_000)
-        credits = await store.credits(found.id)
+        entries = await db.accounts.ledger(found.id, limit=100_000)
+        credits = await db.accounts.credits(found.id)
         totals: dict[str, float] = {"reserved": from_micros(credits.reserved_micros)}
         for entry in entries:
             totals[entry.kind] = totals.get(entry.kind, 0.0) + from_micros(entry.amount_micros)
         return totals
 
-    return server.with_store(read)
+    return server.with_database(read)
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

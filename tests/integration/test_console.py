@@ -20,7 +20,7 @@ from predictd.core import keys
 from predictd.core.domain import Account, AccountStatus, Plan, Principal, utcnow
 from predictd.core.redis_keys import RedisKeys
 from predictd.deploy.scaled import connect
-from predictd.store import SqlStore
+from predictd.store import Database
 
 from ..conftest import FIXTURE_MODELS_TOML, REDIS_URL, Server, revoke_key_of
 
@@ -47,16 +47,16 @@ def csrf_of(client: httpx.Client, path: str = "/console/keys") -> str:
     return found.group(1)
 
 
-async def _key_rows(store: SqlStore, key: str) -> list[tuple[str, bool]]:
-    found = await store.find_key(keys.digest(key))
+async def _key_rows(db: Database, key: str) -> list[tuple[str, bool]]:
+    found = await db.accounts.find_key(keys.digest(key))
     assert found is not None
-    return [(k.prefix, k.revoked_at is not None) for k in await store.list_keys(found[1].id)]
+    return [(k.prefix, k.revoked_at is not None) for k in await db.accounts.list_keys(found[1].id)]
 
 
-async def _set_status(store: SqlStore, key: str, status: AccountStatus) -> None:
-    found = await store.find_key(keys.digest(key))
+async def _set_status(db: Database, key: str, status: AccountStatus) -> None:
+    found = await db.accounts.find_key(keys.digest(key))
     assert found is not None
-    await store.update_account(found[1].id, status=status.value, status_reason="test")
+    await db.accounts.update_account(found[1].id, status=status.value, status_reason="test")
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
     server: Server, key: str, signed: httpx.Client
 ) -> None:
     csrf = csrf_of(signed)
-    before = server.with_store(lambda store: _key_rows(store, key))
+    before = server.with_database(lambda db: _key_rows(db, key))
     attempts = [
         signed.post("/console/keys", data={"label": "no token"}),
         signed.post("/console/keys", data={"label": "bad token", "csrf": "x" * 43}),
@@ -159,7 +159,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
         signed.post("/console/logout", data={"csrf": ""}),
     ]
     assert [a.status_code for a in attempts] == [403] * len(attempts)
-    assert server.with_store(lambda store: _key_rows(store, key)) == before
+    assert server.with_database(lambda db: _key_rows(db, key)) == before
     assert signed.get("/console/predictions").status_code == 200  # still signed in: logout was refused
 
     made = signed.post(
@@ -169,7 +169,7 @@ def test_console_posts_need_the_session_csrf_token_and_this_origin(
     assert made.headers["cache-control"] == "no-store"
     secret = re.search(r'id="new-key" value="([^"]+)"', made.text)
     assert secret is not None
-    assert len(server.with_store(lambda store: _key_rows(store, key))) == len(before) + 1
+    assert len(server.with_database(lambda db: _key_rows(db, key))) == len(before) + 1
 
     out = signed.post("/console/logout", data={"csrf": csrf})
     assert out.status_code == 303
@@ -226,20 +226,20 @@ def test_pages_forbid_framing_inline_scripts_and_caching(server: Server, signed:
 
 def test_a_key_revoked_elsewhere_ends_its_sessions(server: Server, key: str, signed: httpx.Client) -> None:
     assert signed.get("/console/keys").status_code == 200
-    server.with_store(lambda store: revoke_key_of(store, key))
+    server.with_database(lambda db: revoke_key_of(db, key))
     assert signed.get("/console/keys").headers["location"] == "/console/login?next=%2Fconsole%2Fkeys"
     assert signed.get("/v1/account").status_code == 401
 
 
 def test_a_suspended_account_is_told_so(server: Server, key: str, signed: httpx.Client) -> None:
-    server.with_store(lambda store: _set_status(store, key, AccountStatus.SUSPENDED))
+    server.with_database(lambda db: _set_status(db, key, AccountStatus.SUSPENDED))
     try:
         page = signed.get("/console/predictions")
         assert page.status_code == 401
         assert "ACCOUNT_SUSPENDED" in page.text
         assert signed.get("/v1/account").json()["error_id"] == "ACCOUNT_SUSPENDED"
     finally:
-        server.with_store(lambda store: _set_status(store, key, AccountStatus.ACTIVE))
+        server.with_database(lambda db: _set_status(db, key, AccountStatus.ACTIVE))
     assert signed.get("/console/predictions").status_code == 200
 
 
@@ -253,9 +253,9 @@ def test_another_accounts_prediction_and_keys_are_out_of_reach(server: Server, s
     assert "mine" not in page.text
     assert theirs["id"] not in signed.get("/console/predictions").text
 
-    found = server.with_store(lambda store: _key_rows(store, other))
+    found = server.with_database(lambda db: _key_rows(db, other))
     assert found == [(other[:10], False)]
-    store_id = server.with_store(lambda store: _key_id(store, other))
+    store_id = server.with_database(lambda db: _key_id(db, other))
     csrf = csrf_of(signed)
     refused = signed.post(f"/console/keys/{store_id}/revoke", data={"csrf": csrf})
     assert refused.status_code == 404
@@ -263,8 +263,8 @@ def test_another_accounts_prediction_and_keys_are_out_of_reach(server: Server, s
         assert neighbour.get("/v1/account").status_code == 200
 
 
-async def _key_id(store: SqlStore, key: str) -> str:
-    found = await store.find_key(keys.digest(key))
+async def _key_id(db: Database, key: str) -> str:
+    found = await db.accounts.find_key(keys.digest(key))
     assert found is not None
     return found[0].id
 
@@ -351,11 +351,11 @@ def sign_in_from(server: Server, key: str, address: str) -> httpx.Client:
     return client
 
 
-async def _more_keys(store: SqlStore, account: str, count: int) -> list[str]:
-    owner = await store.get_account_by_name(account) or await store.create_account(account)
+async def _more_keys(db: Database, account: str, count: int) -> list[str]:
+    owner = await db.accounts.get_account_by_name(account) or await db.accounts.create_account(account)
     minted = [keys.generate_key() for _ in range(count)]
     for new in minted:
-        await store.create_key(owner.id, new.digest, new.prefix, "test")
+        await db.accounts.create_key(owner.id, new.digest, new.prefix, "test")
     return [new.secret for new in minted]
 
 
@@ -385,7 +385,7 @@ def test_sign_in_attempts_are_throttled_per_client_address(guarded: Server) -> N
 
 
 def test_sign_in_attempts_are_throttled_per_presented_key(guarded: Server) -> None:
-    key, other = guarded.with_store(lambda store: _more_keys(store, f"keyed-{uuid.uuid4().hex[:6]}", 2))
+    key, other = guarded.with_database(lambda db: _more_keys(db, f"keyed-{uuid.uuid4().hex[:6]}", 2))
     with console(guarded) as client:
         for n in range(2):
             answer = client.post("/console/login", data={"key": key}, headers=from_address(f"198.51.100.{n}"))
@@ -407,7 +407,7 @@ def test_sign_in_attempts_are_throttled_per_presented_key(guarded: Server) -> No
 def test_an_account_keeps_its_newest_sessions_and_cannot_sign_others_out(guarded: Server) -> None:
     bystander = sign_in_from(guarded, guarded.key(), "192.0.2.250")
     account = f"flood-{uuid.uuid4().hex[:6]}"
-    secrets = guarded.with_store(lambda store: _more_keys(store, account, 40))
+    secrets = guarded.with_database(lambda db: _more_keys(db, account, 40))
     opened = [sign_in_from(guarded, secret, f"192.0.2.{n}") for n, secret in enumerate(secrets[:21])]
     try:
         # The 21st session ended the account's oldest; the 20 newest live.
@@ -422,14 +422,14 @@ def test_an_account_keeps_its_newest_sessions_and_cannot_sign_others_out(guarded
             client.close()
 
 
-async def _tight_account(store: SqlStore, name: str) -> None:
-    await store.put_plan(Plan("tight", rate_limit=3, rate_window_s=60))
-    await store.create_account(name, plan="tight")
+async def _tight_account(db: Database, name: str) -> None:
+    await db.accounts.put_plan(Plan("tight", rate_limit=3, rate_window_s=60))
+    await db.accounts.create_account(name, plan="tight")
 
 
 def test_console_pages_count_against_the_plans_rate_limit(guarded: Server) -> None:
     account = f"tight-{uuid.uuid4().hex[:6]}"
-    guarded.with_store(lambda store: _tight_account(store, account))
+    guarded.with_database(lambda db: _tight_account(db, account))
     client = sign_in_from(guarded, guarded.key(account), "192.0.2.200")  # a sign-in is not a request
     try:
         pages = [client.get(path) for path in ("/console/predictions", "/console/keys", "/console/credits")]

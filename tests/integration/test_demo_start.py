@@ -53,7 +53,7 @@ def test_the_demo_key_survives_restarts_until_it_is_revoked_or_its_file_removed(
     assert status_with(second, key) == 200
 
     # Revoked (by an operator, or from the console): the next start issues a new one and keeps that.
-    second.with_store(lambda store: revoke_key_of(store, key))
+    second.with_database(lambda db: revoke_key_of(db, key))
     third = restarted(second)
     renewed = printed_keys(third)[-1]
     assert renewed != key

@@ -373,17 +373,17 @@ def test_the_embedded_server_stack_imports_no_client_or_on_demand_library(tmp_pa
         "sqlalchemy.dialects.postgresql",
     )
     open_the_store = (
-        "from predictd.store import open_store\n"
+        "from predictd.store import open_database\n"
         "async def opened() -> None:\n"
-        "    await (await open_store('sqlite:///predictd.sqlite3')).close()\n"
+        "    await (await open_database('sqlite:///predictd.sqlite3')).close()\n"
         "asyncio.run(opened())\n"
     )
     subprocess.run([sys.executable, "-c", "import asyncio\n" + open_the_store], check=True, cwd=tmp_path)
     code = (
         "import asyncio, sys\n"
-        "import predictd.cli, predictd.assemble\n"
+        "import predictd.cli.main, predictd.deploy.embedded\n"
         "from predictd.api.app import create_app\n"
-        "from predictd.config import Settings\n"
+        "from predictd.config.settings import Settings\n"
         "create_app(Settings(builtin_models=['echo']))\n"
         + open_the_store
         + f"print(','.join(m for m in {unused!r} if m in sys.modules))\n"
@@ -403,11 +403,11 @@ def test_a_first_start_migrates_in_a_child_so_that_the_server_never_loads_alembi
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from predictd.cli import _migrate_apart, _with_store\n"
-        "from predictd.config import load_settings\n"
+        "from predictd.cli.main import _migrate_apart, _with_accounts\n"
+        "from predictd.config.settings import load_settings\n"
         "settings = load_settings(data_dir=Path('data'))\n"
         "_migrate_apart(settings)\n"
-        "accounts = _with_store(settings, lambda store: store.list_accounts())\n"
+        "accounts = _with_accounts(settings, lambda store: store.list_accounts())\n"
         "print(accounts == [], 'alembic' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}

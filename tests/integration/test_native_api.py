@@ -21,7 +21,7 @@ from predictd.api.fashn import CREDITS_HEADER
 from predictd.core import keys
 from predictd.core.domain import AccountStatus
 from predictd.errors import API_ERRORS, ErrorId
-from predictd.store import SqlStore
+from predictd.store import Database
 
 from ..conftest import (
     ABSENT_MODEL_FILE,
@@ -239,7 +239,7 @@ def test_unauthorized_missing_unknown_and_revoked(server: Server) -> None:
     key = server.key()
     with server.client(key) as client:
         assert client.get("/v1/models").status_code == 200
-        server.with_store(lambda store: revoke_key_of(store, key))
+        server.with_database(lambda db: revoke_key_of(db, key))
         assert_error(client.get("/v1/models"), ErrorId.UNAUTHORIZED, "revoked")
 
 
@@ -257,7 +257,7 @@ def test_unknown_keys_are_throttled_per_address_and_logged_without_the_key(make_
     guarded = make_server(GUESSING_GUARDED)
     key = guarded.key("guessed-co")
     revoked = guarded.key("guessed-co")
-    guarded.with_store(lambda store: revoke_key_of(store, revoked))
+    guarded.with_database(lambda db: revoke_key_of(db, revoked))
     guesses = [keys.generate_key().secret for _ in range(5)]
     guesser = {"x-forwarded-for": "203.0.113.50"}
     with guarded.client() as client:
@@ -298,15 +298,15 @@ def test_unknown_keys_are_throttled_per_address_and_logged_without_the_key(make_
         assert secret[:11] not in log  # never more than the ten characters a key list shows
 
 
-async def _suspend(store: SqlStore, name: str) -> None:
-    account = await store.get_account_by_name(name)
+async def _suspend(db: Database, name: str) -> None:
+    account = await db.accounts.get_account_by_name(name)
     assert account is not None
-    await store.update_account(account.id, status=AccountStatus.SUSPENDED)
+    await db.accounts.update_account(account.id, status=AccountStatus.SUSPENDED)
 
 
 def test_suspended_account(server: Server) -> None:
     key = server.key("to-suspend")
-    server.with_store(lambda store: _suspend(store, "to-suspend"))
+    server.with_database(lambda db: _suspend(db, "to-suspend"))
     with server.client(key) as client:
         assert_error(client.get("/v1/models"), ErrorId.ACCOUNT_SUSPENDED, "suspended")
 
@@ -417,7 +417,7 @@ def test_a_rotated_out_key_is_refused_while_the_new_key_keeps_reading(server: Se
         done = submit(old, "echo", {"text": "x"}, wait=True)
         for client in (old, new, old, new):
             assert [r.status_code for r in _status_reads(client, done["id"])] == [200, 200]
-        server.with_store(lambda store: revoke_key_of(store, old_key))
+        server.with_database(lambda db: revoke_key_of(db, old_key))
         assert [r.status_code for r in _status_reads(new, done["id"])] == [200, 200]
         native, fashn = _status_reads(old, done["id"])
         assert [r.status_code for r in _status_reads(new, done["id"])] == [200, 200]
@@ -432,20 +432,20 @@ def test_an_account_suspended_while_its_prediction_runs_cannot_read_it_after(ser
         running = submit(client, "sleep", {"ms": 1500})
         for _ in range(3):
             assert [r.status_code for r in _status_reads(client, running["id"])] == [200, 200]
-        server.with_store(lambda store: _suspend(store, name))
+        server.with_database(lambda db: _suspend(db, name))
         with server.client(server.key()) as bystander:  # its request has the server see the change
             assert bystander.get("/v1/models").status_code == 200
         # The worker's outcome is remembered after that; the read after it must still be refused.
-        assert server.with_store(lambda store: _ended(store, running["id"])) == "succeeded"
+        assert server.with_database(lambda db: _ended(db, running["id"])) == "succeeded"
         native, fashn = _status_reads(client, running["id"])
     assert_error(native, ErrorId.ACCOUNT_SUSPENDED, "suspended")
     assert fashn.status_code == API_ERRORS[ErrorId.ACCOUNT_SUSPENDED].fashn_status
 
 
-async def _ended(store: SqlStore, prediction_id: str) -> str:
+async def _ended(db: Database, prediction_id: str) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = await store.get_prediction(prediction_id)
+        found = await db.predictions.get_prediction(prediction_id)
         assert found is not None
         if found.terminal:
             return found.status.value

@@ -1,5 +1,5 @@
 """Property tests of the store's two guarded invariants, with Hypothesis' stateful testing against the real
-store (``predictd.store.open_store``): SQLite in a temp file, and PostgreSQL on 127.0.0.1.
+store (``predictd.store.open_database``): SQLite in a temp file, and PostgreSQL on 127.0.0.1.
 
 * The prediction state machine: random sequences of transitions, one at a time and two racing on the same
   prediction. An illegal move never succeeds, a terminal state is final, a successful move bumps the version
@@ -50,7 +50,7 @@ from predictd.core.domain import (
     to_micros,
     utcnow,
 )
-from predictd.store import SqlStore, open_store
+from predictd.store import Database, open_database
 
 T = TypeVar("T")
 STATUSES = list(Status)
@@ -62,7 +62,7 @@ class Backend:
     """One event loop and one store on it, shared by every machine of a test."""
 
     loop: asyncio.AbstractEventLoop
-    store: SqlStore
+    store: Database
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -70,7 +70,7 @@ class Backend:
 
 def _backend(url: str) -> Iterator[Backend]:
     loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(open_store(url))
+    store = loop.run_until_complete(open_database(url))
     try:
         yield Backend(loop, store)
     finally:
@@ -126,19 +126,23 @@ def prediction_machine(backend: Backend) -> type[RuleBasedStateMachine]:
 
         @initialize()
         def open_account(self) -> None:
-            self.account = backend.run(backend.store.create_account(f"sm-{uuid.uuid4().hex[:10]}")).id
+            self.account = backend.run(
+                backend.store.accounts.create_account(f"sm-{uuid.uuid4().hex[:10]}")
+            ).id
 
         @rule(target=predictions)
         def create(self) -> str:
             prediction = queued(self.account)
-            backend.run(backend.store.insert_prediction(prediction))
+            backend.run(backend.store.predictions.insert_prediction(prediction))
             self.model[prediction.id] = Tracked(Status.QUEUED, 0, 0)
             return prediction.id
 
         @rule(prediction_id=predictions, to=st.sampled_from(STATUSES), count_attempt=st.booleans())
         def move(self, prediction_id: str, to: Status, count_attempt: bool) -> None:
             before = self.model[prediction_id]
-            moved = backend.run(backend.store.transition(prediction_id, to, count_attempt=count_attempt))
+            moved = backend.run(
+                backend.store.predictions.transition(prediction_id, to, count_attempt=count_attempt)
+            )
             if not can_transition(before.status, to):
                 assert moved is None, f"{before.status} -> {to} must be refused"
                 return
@@ -158,11 +162,13 @@ def prediction_machine(backend: Backend) -> type[RuleBasedStateMachine]:
 
             async def both() -> list[Prediction | None]:
                 return list(
-                    await asyncio.gather(*(backend.store.transition(prediction_id, m) for m in moves))
+                    await asyncio.gather(
+                        *(backend.store.predictions.transition(prediction_id, m) for m in moves)
+                    )
                 )
 
             results = backend.run(both())
-            after = backend.run(backend.store.get_prediction(prediction_id))
+            after = backend.run(backend.store.predictions.get_prediction(prediction_id))
             assert after is not None
             observed = (tuple(r is not None for r in results), after.status)
             assert observed in serial_outcomes(before.status, moves), (before.status, moves, observed)
@@ -176,25 +182,27 @@ def prediction_machine(backend: Backend) -> type[RuleBasedStateMachine]:
             tracked = self.model[prediction_id]
             if tracked.status not in TERMINAL:
                 if tracked.status is Status.QUEUED:
-                    started = backend.run(backend.store.transition(prediction_id, Status.PROCESSING))
+                    started = backend.run(
+                        backend.store.predictions.transition(prediction_id, Status.PROCESSING)
+                    )
                     assert started is not None
-                ended = backend.run(backend.store.transition(prediction_id, Status.SUCCEEDED))
+                ended = backend.run(backend.store.predictions.transition(prediction_id, Status.SUCCEEDED))
                 assert ended is not None
                 tracked = Tracked(Status.SUCCEEDED, *self._version_attempts(prediction_id))
                 self.model[prediction_id] = tracked
             for target in STATUSES:
-                assert backend.run(backend.store.transition(prediction_id, target)) is None
+                assert backend.run(backend.store.predictions.transition(prediction_id, target)) is None
             self.model.pop(prediction_id)
 
         def _version_attempts(self, prediction_id: str) -> tuple[int, int]:
-            current = backend.run(backend.store.get_prediction(prediction_id))
+            current = backend.run(backend.store.predictions.get_prediction(prediction_id))
             assert current is not None
             return current.version, current.attempts
 
         @invariant()
         def store_agrees_with_the_model(self) -> None:
             for prediction_id, tracked in self.model.items():
-                current = backend.run(backend.store.get_prediction(prediction_id))
+                current = backend.run(backend.store.predictions.get_prediction(prediction_id))
                 assert current is not None
                 assert (current.status, current.version, current.attempts) == (
                     tracked.status,
@@ -249,17 +257,23 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
 
         @initialize()
         def open_account(self) -> None:
-            self.account = backend.run(backend.store.create_account(f"ledger-{uuid.uuid4().hex[:10]}")).id
+            self.account = backend.run(
+                backend.store.accounts.create_account(f"ledger-{uuid.uuid4().hex[:10]}")
+            ).id
 
         @rule(amount=st.integers(min_value=1, max_value=10_000_000))
         def grant(self, amount: int) -> None:
-            credits = backend.run(backend.store.add_ledger_entry(self.account, "grant", amount, "grant"))
+            credits = backend.run(
+                backend.store.accounts.add_ledger_entry(self.account, "grant", amount, "grant")
+            )
             self.balance += amount
             assert credits.balance_micros == self.balance
 
         @rule(amount=st.integers(min_value=-8_000_000, max_value=3_000_000))
         def adjust(self, amount: int) -> None:
-            credits = backend.run(backend.store.add_ledger_entry(self.account, "adjust", amount, "adjust"))
+            credits = backend.run(
+                backend.store.accounts.add_ledger_entry(self.account, "adjust", amount, "adjust")
+            )
             self.balance += amount
             assert credits.balance_micros == self.balance
 
@@ -272,14 +286,14 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
             should_accept = self._accepts(amount, self.reserved)
             refused: CreditsRefused | None = None
             try:
-                backend.run(backend.store.insert_prediction(prediction, reserve_micros=amount))
+                backend.run(backend.store.predictions.insert_prediction(prediction, reserve_micros=amount))
             except CreditsRefused as exc:
                 refused = exc
             if refused is not None:
                 assert not should_accept, f"refused {amount} with {self.balance} - {self.reserved}"
                 assert refused.credits.balance_micros == self.balance
                 assert refused.credits.reserved_micros == self.reserved
-                assert backend.run(backend.store.get_prediction(prediction.id)) is None
+                assert backend.run(backend.store.predictions.get_prediction(prediction.id)) is None
                 return multiple()
             assert should_accept, f"accepted {amount} with {self.balance} - {self.reserved}"
             self.reserved += amount
@@ -289,7 +303,7 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
         @rule(target=open_predictions)
         def submit_without_reservation(self) -> str:
             prediction = queued(self.account)
-            backend.run(backend.store.insert_prediction(prediction))
+            backend.run(backend.store.predictions.insert_prediction(prediction))
             self.held[prediction.id] = Held(Status.QUEUED, 0)
             return prediction.id
 
@@ -302,7 +316,7 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
                 return list(
                     await asyncio.gather(
                         *(
-                            backend.store.insert_prediction(p, reserve_micros=a)
+                            backend.store.predictions.insert_prediction(p, reserve_micros=a)
                             for p, a in zip(predictions, amounts, strict=True)
                         ),
                         return_exceptions=True,
@@ -330,7 +344,9 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
             if prediction_id in self.held:
                 return False
             for target in STATUSES:
-                assert backend.run(backend.store.transition(prediction_id, target, cost=1.0)) is None
+                assert (
+                    backend.run(backend.store.predictions.transition(prediction_id, target, cost=1.0)) is None
+                )
             return True
 
         @rule(prediction_id=open_predictions)
@@ -338,10 +354,10 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
             if self._settled_already(prediction_id):
                 return
             held = self.held[prediction_id]
-            moved = backend.run(backend.store.transition(prediction_id, Status.PROCESSING))
+            moved = backend.run(backend.store.predictions.transition(prediction_id, Status.PROCESSING))
             assert (moved is not None) == (held.status is Status.QUEUED)
             held.status = Status.PROCESSING
-            credits = backend.run(backend.store.credits(self.account))
+            credits = backend.run(backend.store.accounts.credits(self.account))
             assert credits.reserved_micros == self.reserved  # starting neither releases nor charges
 
         @rule(prediction_id=consumes(open_predictions), to=st.sampled_from(TERMINALS), cost=COSTS)
@@ -350,14 +366,14 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
                 return
             held = self.held.pop(prediction_id)
             if to is Status.SUCCEEDED and held.status is Status.QUEUED:
-                started = backend.run(backend.store.transition(prediction_id, Status.PROCESSING))
+                started = backend.run(backend.store.predictions.transition(prediction_id, Status.PROCESSING))
                 assert started is not None
-            moved = backend.run(backend.store.transition(prediction_id, to, cost=cost))
+            moved = backend.run(backend.store.predictions.transition(prediction_id, to, cost=cost))
             assert moved is not None
             charged = min(to_micros(cost), held.micros) if to is Status.SUCCEEDED and cost else 0
             self.reserved -= held.micros
             self.balance -= charged
-            entries = backend.run(backend.store.ledger(self.account, limit=10))
+            entries = backend.run(backend.store.accounts.ledger(self.account, limit=10))
             mine = [
                 (e.kind, e.amount_micros)
                 for e in entries
@@ -374,12 +390,12 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
         def settle_everything(self) -> None:
             for prediction_id in list(self.held):
                 self.settle(prediction_id, Status.CANCELLED, None)
-            assert backend.run(backend.store.credits(self.account)).reserved_micros == 0
+            assert backend.run(backend.store.accounts.credits(self.account)).reserved_micros == 0
 
         @invariant()
         def balance_and_reservations_are_the_sums_of_the_entries(self) -> None:
-            credits = backend.run(backend.store.credits(self.account))
-            entries = backend.run(backend.store.ledger(self.account, limit=100_000))
+            credits = backend.run(backend.store.accounts.credits(self.account))
+            entries = backend.run(backend.store.accounts.ledger(self.account, limit=100_000))
             sign = {"grant": 1, "adjust": 1, "charge": -1}
             assert credits.balance_micros == sum(sign.get(e.kind, 0) * e.amount_micros for e in entries)
             per_prediction: dict[str | None, int] = {}
@@ -399,7 +415,7 @@ def ledger_machine(backend: Backend) -> type[RuleBasedStateMachine]:
                 return
             for prediction_id in list(self.held):
                 self.settle(prediction_id, Status.FAILED, None)
-            assert backend.run(backend.store.credits(self.account)).reserved_micros == 0
+            assert backend.run(backend.store.accounts.credits(self.account)).reserved_micros == 0
 
     return CreditsLedger
 

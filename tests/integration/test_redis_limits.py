@@ -20,7 +20,7 @@ from predictd.dispatch.registry import RedisCatalog
 from predictd.dispatch.sweeper import INFLIGHT_CHECK_AFTER_S, Sweeper
 from predictd.limits import MemoryRateLimiter
 from predictd.limits.redis import RedisLimits
-from predictd.store import open_store
+from predictd.store import open_database
 
 from ..conftest import REDIS_URL
 
@@ -85,9 +85,10 @@ async def test_the_sweeper_frees_in_flight_counts_of_ended_predictions_only(
     _, redis = limits
     keys = RedisKeys(f"t{uuid.uuid4().hex[:12]}")
     shared = RedisLimits(redis, keys)
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    store = db.predictions
     try:
-        account = await store.create_account("a")
+        account = await db.accounts.create_account("a")
 
         async def stored(status: Status) -> str:
             prediction = Prediction(
@@ -133,5 +134,5 @@ async def test_the_sweeper_frees_in_flight_counts_of_ended_predictions_only(
         assert set(await redis.zrange(keys.inflight(account.id), 0, -1)) == {unfinished, "just-counted"}
         assert report.requeued == 0  # an unfinished prediction Redis does not know waits a whole lease
     finally:
-        await store.close()
+        await db.close()
         await redis.delete(keys.inflight(account.id))

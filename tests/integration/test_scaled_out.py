@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from predictd.errors import ErrorId
-from predictd.store import SqlStore
+from predictd.store import Database
 
 from ..conftest import FIXTURE_MODELS, Server, free_port, run_sync
 from .test_billing_and_policy import ADMIN_KEY, Operator, _ledger_totals
@@ -114,13 +114,13 @@ def stored_predictions(server: Server, account: str) -> dict[str, Any]:
     """Every prediction of the account in PostgreSQL, by id (the store, not the API)."""
     from predictd.core.ports import ListQuery
 
-    async def read(store: SqlStore) -> dict[str, Any]:
-        found = await store.get_account_by_name(account)
+    async def read(db: Database) -> dict[str, Any]:
+        found = await db.accounts.get_account_by_name(account)
         assert found is not None
-        page = await store.list_predictions(ListQuery(found.id, page=1, per_page=100_000))
+        page = await db.predictions.list_predictions(ListQuery(found.id, page=1, per_page=100_000))
         return {p.id: p for p in page.items}
 
-    return server.with_store(read)
+    return server.with_database(read)
 
 
 def assert_balanced(server: Server, account: str, finals: dict[str, dict[str, Any]]) -> dict[str, float]:

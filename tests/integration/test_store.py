@@ -33,20 +33,20 @@ from predictd.core.domain import (
 from predictd.core.ports import IdempotencyKeyTaken, ListQuery, Move
 from predictd.dispatch.local import LocalNotifier
 from predictd.runtime.outcomes import Failed, Succeeded, WorkerDied
-from predictd.store import SqlStore, open_store
+from predictd.store import Database, open_database
+from predictd.store.engines import make_engine
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
 from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
-from predictd.store.sql import make_engine
-from predictd.store.sqlite_fast import _CommitWatch
+from predictd.store.sqlite_connection import _CommitWatch
 from predictd.usecases.runs import RunRecorder
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     if request.param == "sqlite":
-        opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
+        opened = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
         yield opened
         await opened.close()
         return
@@ -54,7 +54,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     admin = await asyncpg.connect(PG_ADMIN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        opened = await open_store(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
+        opened = await open_database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
         yield opened
         await opened.close()
     finally:
@@ -75,58 +75,60 @@ def queued(account_id: str, model: str = "echo", **overrides: object) -> Predict
     return Prediction(**fields)  # type: ignore[arg-type]
 
 
-async def test_migrations_produce_exactly_the_schema_in_code(store: SqlStore) -> None:
+async def test_migrations_produce_exactly_the_schema_in_code(store: Database) -> None:
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
     assert diff == []
     await store.migrate()  # running again is a no-op
 
 
-async def test_a_second_completion_is_refused(store: SqlStore) -> None:
-    account = await store.create_account("a")
+async def test_a_second_completion_is_refused(store: Database) -> None:
+    account = await store.accounts.create_account("a")
     p = queued(account.id)
-    await store.insert_prediction(p)
-    assert await store.transition(p.id, Status.SUCCEEDED, output="too early") is None
-    claimed = await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.predictions.insert_prediction(p)
+    assert await store.predictions.transition(p.id, Status.SUCCEEDED, output="too early") is None
+    claimed = await store.predictions.transition(
+        p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow()
+    )
     assert claimed is not None
     assert claimed.attempts == 1
     outcomes = await asyncio.gather(
         *(
-            store.transition(p.id, target, completed_at=utcnow())
+            store.predictions.transition(p.id, target, completed_at=utcnow())
             for target in [Status.SUCCEEDED, Status.CANCELLED, Status.FAILED] * 5
         )
     )
     winners = [o for o in outcomes if o is not None]
     assert len(winners) == 1
-    stored = await store.get_prediction(p.id)
+    stored = await store.predictions.get_prediction(p.id)
     assert stored is not None
     assert stored.status == winners[0].status
 
 
-async def test_concurrent_claims_hand_a_prediction_to_exactly_one_worker(store: SqlStore) -> None:
-    account = await store.create_account("a")
+async def test_concurrent_claims_hand_a_prediction_to_exactly_one_worker(store: Database) -> None:
+    account = await store.accounts.create_account("a")
     p = queued(account.id)
-    await store.insert_prediction(p)
+    await store.predictions.insert_prediction(p)
     claims = await asyncio.gather(
-        *(store.transition(p.id, Status.PROCESSING, count_attempt=True) for _ in range(10))
+        *(store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True) for _ in range(10))
     )
     assert sum(c is not None for c in claims) == 1
-    stored = await store.get_prediction(p.id)
+    stored = await store.predictions.get_prediction(p.id)
     assert stored is not None
     assert stored.attempts == 1
 
 
-async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(store: SqlStore) -> None:
+async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(store: Database) -> None:
     """What a worker slot writes when one prediction ends and the next ones start: one transaction."""
-    account = await store.create_account("a")
-    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    account = await store.accounts.create_account("a")
+    await store.accounts.add_ledger_entry(account.id, "grant", 10_000_000, "start")
     running, waiting, cancelled = (queued(account.id) for _ in range(3))
     for p in (running, waiting, cancelled):
-        await store.insert_prediction(p, reserve_micros=2_000_000)
-    await store.transition(running.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
-    await store.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())
+        await store.predictions.insert_prediction(p, reserve_micros=2_000_000)
+    await store.predictions.transition(running.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.predictions.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())
     now = utcnow()
-    moved = await store.transitions(
+    moved = await store.predictions.transitions(
         [
             Move(running.id, Status.SUCCEEDED, changes={"output": "x", "completed_at": now, "cost": 1.5}),
             Move(cancelled.id, Status.PROCESSING, count_attempt=True, changes={"started_at": now}),
@@ -139,15 +141,17 @@ async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(s
     assert (ended.status, ended.output, ended.version) == (Status.SUCCEEDED, "x", 2)
     assert started is not None
     assert (started.status, started.attempts, started.started_at) == (Status.PROCESSING, 1, now)
-    assert await store.get_prediction(running.id) == ended
-    assert await store.get_prediction(waiting.id) == started
-    assert await store.get_prediction(cancelled.id) is not None
-    assert (await store.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert await store.predictions.get_prediction(running.id) == ended
+    assert await store.predictions.get_prediction(waiting.id) == started
+    assert await store.predictions.get_prediction(cancelled.id) is not None
+    assert (await store.predictions.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
     # Settled with the success: charged 1.5, its reservation and the cancelled one's released.
-    assert await store.credits(account.id) == Credits(10_000_000 - 1_500_000, reserved_micros=2_000_000)
+    assert await store.accounts.credits(account.id) == Credits(
+        10_000_000 - 1_500_000, reserved_micros=2_000_000
+    )
 
     later = queued(account.id)
-    await store.insert_prediction(later)
+    await store.predictions.insert_prediction(later)
 
     def planner_that_fails(prediction: Prediction) -> list[NewDelivery]:
         if prediction.id == later.id:
@@ -155,7 +159,7 @@ async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(s
         return []
 
     with pytest.raises(RuntimeError, match="outbox"):
-        await store.transitions(
+        await store.predictions.transitions(
             [
                 Move(waiting.id, Status.SUCCEEDED, changes={"output": "y", "completed_at": utcnow()}),
                 Move(later.id, Status.PROCESSING, count_attempt=True),
@@ -163,23 +167,25 @@ async def test_moves_written_together_are_each_guarded_and_durable_all_or_none(s
             deliveries=planner_that_fails,
         )
     # Nothing of the failed transaction stayed: not the success written before the failure, nor its charge.
-    assert await store.get_prediction(waiting.id) == started
-    assert (await store.get_prediction(later.id)).status is Status.QUEUED  # type: ignore[union-attr]
-    assert await store.credits(account.id) == Credits(10_000_000 - 1_500_000, reserved_micros=2_000_000)
+    assert await store.predictions.get_prediction(waiting.id) == started
+    assert (await store.predictions.get_prediction(later.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    assert await store.accounts.credits(account.id) == Credits(
+        10_000_000 - 1_500_000, reserved_micros=2_000_000
+    )
 
 
 async def test_unfinished_predictions_are_found_through_an_index_that_holds_only_them(
-    store: SqlStore,
+    store: Database,
 ) -> None:
     """Recovery and the sweeper look for unfinished predictions among every prediction ever made."""
-    account = await store.create_account("a")
+    account = await store.accounts.create_account("a")
     waiting, running, done = (queued(account.id) for _ in range(3))
     for p in (waiting, running, done):
-        await store.insert_prediction(p)
+        await store.predictions.insert_prediction(p)
     for p in (running, done):
-        await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
-    await store.transition(done.id, Status.SUCCEEDED, completed_at=utcnow(), output="x")
-    assert {p.id for p in await store.list_unfinished()} == {waiting.id, running.id}
+        await store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.predictions.transition(done.id, Status.SUCCEEDED, completed_at=utcnow(), output="x")
+    assert {p.id for p in await store.predictions.list_unfinished()} == {waiting.id, running.id}
     query = select(predictions.c.id).where(UNFINISHED_SQL)
     compiled = str(query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
     sqlite = store.engine.dialect.name == "sqlite"
@@ -200,36 +206,36 @@ async def test_unfinished_predictions_are_found_through_an_index_that_holds_only
     assert "ix_predictions_unfinished" in plan
 
 
-async def test_predictions_are_isolated_by_account(store: SqlStore) -> None:
-    alice = await store.create_account("alice")
-    bob = await store.create_account("bob")
+async def test_predictions_are_isolated_by_account(store: Database) -> None:
+    alice = await store.accounts.create_account("alice")
+    bob = await store.accounts.create_account("bob")
     p = queued(alice.id)
-    await store.insert_prediction(p)
-    assert await store.get_prediction(p.id, bob.id) is None
-    assert await store.get_prediction(p.id, alice.id) is not None
-    assert await store.remove_data(p.id, bob.id) is None
-    page = await store.list_predictions(ListQuery(account_id=bob.id, page=1, per_page=10))
+    await store.predictions.insert_prediction(p)
+    assert await store.predictions.get_prediction(p.id, bob.id) is None
+    assert await store.predictions.get_prediction(p.id, alice.id) is not None
+    assert await store.predictions.remove_data(p.id, bob.id) is None
+    page = await store.predictions.list_predictions(ListQuery(account_id=bob.id, page=1, per_page=10))
     assert page.total == 0
 
 
-async def test_listing_filters_orders_and_pages(store: SqlStore) -> None:
-    account = await store.create_account("a")
+async def test_listing_filters_orders_and_pages(store: Database) -> None:
+    account = await store.accounts.create_account("a")
     base = utcnow() - timedelta(hours=1)
     made = []
     for i in range(7):
         p = queued(
             account.id, model="sleep" if i % 3 == 0 else "echo", created_at=base + timedelta(minutes=i)
         )
-        await store.insert_prediction(p)
+        await store.predictions.insert_prediction(p)
         made.append(p)
-    page = await store.list_predictions(ListQuery(account_id=account.id, page=2, per_page=3))
+    page = await store.predictions.list_predictions(ListQuery(account_id=account.id, page=2, per_page=3))
     assert page.total == 7
     assert [p.id for p in page.items] == [p.id for p in reversed(made)][3:6]
-    sleeps = await store.list_predictions(
+    sleeps = await store.predictions.list_predictions(
         ListQuery(account_id=account.id, page=1, per_page=50, model="sleep")
     )
     assert {p.id for p in sleeps.items} == {made[0].id, made[3].id, made[6].id}
-    window = await store.list_predictions(
+    window = await store.predictions.list_predictions(
         ListQuery(
             account_id=account.id,
             page=1,
@@ -242,88 +248,92 @@ async def test_listing_filters_orders_and_pages(store: SqlStore) -> None:
     assert all(p.created_at.tzinfo is not None for p in window.items)
 
 
-async def test_json_inputs_round_trip(store: SqlStore) -> None:
-    account = await store.create_account("a")
+async def test_json_inputs_round_trip(store: Database) -> None:
+    account = await store.accounts.create_account("a")
     value = {"text": "héllo ✓", "nested": {"list": [1, 2.5, None, True]}, "empty": {}}
     p = queued(account.id, input=value)
-    await store.insert_prediction(p)
-    stored = await store.get_prediction(p.id)
+    await store.predictions.insert_prediction(p)
+    stored = await store.predictions.get_prediction(p.id)
     assert stored is not None
     assert stored.input == value
-    removed = await store.remove_data(p.id, account.id)
+    removed = await store.predictions.remove_data(p.id, account.id)
     assert removed is not None
     assert (removed.input, removed.output, removed.data_removed) == (None, None, True)
 
 
-async def test_keys_are_found_by_digest_and_revoked(store: SqlStore) -> None:
-    account = await store.create_account("a")
-    key = await store.create_key(account.id, "d" * 64, "pd_abcdefg", "ci")
-    found = await store.find_key("d" * 64)
+async def test_keys_are_found_by_digest_and_revoked(store: Database) -> None:
+    account = await store.accounts.create_account("a")
+    key = await store.accounts.create_key(account.id, "d" * 64, "pd_abcdefg", "ci")
+    found = await store.accounts.find_key("d" * 64)
     assert found is not None
     assert found[0].id == key.id
     assert found[1].name == "a"
-    assert await store.find_key("e" * 64) is None
-    assert await store.revoke_key(key.id)
-    assert not await store.revoke_key(key.id)
-    found = await store.find_key("d" * 64)
+    assert await store.accounts.find_key("e" * 64) is None
+    assert await store.accounts.revoke_key(key.id)
+    assert not await store.accounts.revoke_key(key.id)
+    found = await store.accounts.find_key("d" * 64)
     assert found is not None
     assert found[0].revoked_at is not None
 
 
-async def test_a_key_lookup_reads_the_accounts_plan_in_the_same_statement(store: SqlStore) -> None:
-    await store.put_plan(Plan("pro", models=("echo",), rate_limit=7, concurrency_limit=2, prepaid=True))
-    with_plan = await store.create_account("a", plan="pro")
-    missing_plan = await store.create_account("b", plan="gone")
-    without = await store.create_account("c")
+async def test_a_key_lookup_reads_the_accounts_plan_in_the_same_statement(store: Database) -> None:
+    await store.accounts.put_plan(
+        Plan("pro", models=("echo",), rate_limit=7, concurrency_limit=2, prepaid=True)
+    )
+    with_plan = await store.accounts.create_account("a", plan="pro")
+    missing_plan = await store.accounts.create_account("b", plan="gone")
+    without = await store.accounts.create_account("c")
     for index, account in enumerate((with_plan, missing_plan, without)):
-        await store.create_key(account.id, str(index) * 64, f"pd_{index}", "ci")
-    found = await store.find_key("0" * 64)
+        await store.accounts.create_key(account.id, str(index) * 64, f"pd_{index}", "ci")
+    found = await store.accounts.find_key("0" * 64)
     assert found is not None
-    assert found[1].plan_details == await store.get_plan("pro")
+    assert found[1].plan_details == await store.accounts.get_plan("pro")
     assert found[1].plan_details == Plan(
         "pro", models=("echo",), rate_limit=7, concurrency_limit=2, prepaid=True
     )
     for digit in ("1", "2"):
-        found = await store.find_key(digit * 64)
+        found = await store.accounts.find_key(digit * 64)
         assert found is not None
         assert found[1].plan_details is None
 
 
-async def test_credits_are_the_ledgers_sums_after_every_kind_of_entry(store: SqlStore) -> None:
-    account = await store.create_account("a")
-    assert await store.credits(account.id) == Credits(0, 0)
-    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
-    await store.add_ledger_entry(account.id, "adjust", -1_500_000, "chargeback")
+async def test_credits_are_the_ledgers_sums_after_every_kind_of_entry(store: Database) -> None:
+    account = await store.accounts.create_account("a")
+    assert await store.accounts.credits(account.id) == Credits(0, 0)
+    await store.accounts.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    await store.accounts.add_ledger_entry(account.id, "adjust", -1_500_000, "chargeback")
     runs = [queued(account.id) for _ in range(4)]
     for p in runs:
-        await store.insert_prediction(p, reserve_micros=2_000_000)
+        await store.predictions.insert_prediction(p, reserve_micros=2_000_000)
     with pytest.raises(CreditsRefused):
-        await store.insert_prediction(queued(account.id), reserve_micros=2_000_000)
+        await store.predictions.insert_prediction(queued(account.id), reserve_micros=2_000_000)
     for p, target in zip(runs, (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED), strict=False):
-        await store.transition(p.id, Status.PROCESSING, count_attempt=True)
-        await store.transition(p.id, target, cost=1.25, completed_at=utcnow())
-    credits = await store.credits(account.id)
-    assert credits == await store.ledger_sums(account.id)
+        await store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True)
+        await store.predictions.transition(p.id, target, cost=1.25, completed_at=utcnow())
+    credits = await store.accounts.credits(account.id)
+    assert credits == await store.accounts.ledger_sums(account.id)
     assert credits == Credits(balance_micros=10_000_000 - 1_500_000 - 1_250_000, reserved_micros=2_000_000)
 
 
-async def test_outcomes_recorded_together_are_each_guarded_settled_and_published(store: SqlStore) -> None:
+async def test_outcomes_recorded_together_are_each_guarded_settled_and_published(store: Database) -> None:
     """A worker slot records every answer it has read in one write, with the claims of what it sends next:
     each outcome lands on its own prediction, a success alone is charged, a died worker's prediction is
     queued again, a prediction cancelled meanwhile keeps its cancel, and each change is published."""
-    account = await store.create_account("a")
-    await store.add_ledger_entry(account.id, "grant", 10_000_000, "start")
+    account = await store.accounts.create_account("a")
+    await store.accounts.add_ledger_entry(account.id, "grant", 10_000_000, "start")
     notifier = LocalNotifier()
     published: list[tuple[str, Status]] = []
     notifier.add_listener(lambda p: published.append((p.id, p.status)))
-    runs = RunRecorder(store, notifier, max_attempts=2)
+    runs = RunRecorder(store.predictions, notifier, max_attempts=2)
     model = ModelInfo("m", "", True, None, None, price=1.5)
     ok, failed, died, cancelled, next_one = (queued(account.id) for _ in range(5))
     for prediction in (ok, failed, died, cancelled, next_one):
-        await store.insert_prediction(prediction, reserve_micros=1_500_000)
+        await store.predictions.insert_prediction(prediction, reserve_micros=1_500_000)
     running = await runs.claim_many([ok.id, failed.id, died.id, cancelled.id])
     assert all(p is not None for p in running)
-    await store.transition(cancelled.id, Status.CANCELLED, completed_at=utcnow())  # a cancel meanwhile
+    await store.predictions.transition(
+        cancelled.id, Status.CANCELLED, completed_at=utcnow()
+    )  # a cancel meanwhile
     published.clear()
     ended = [
         (running[0], Succeeded("out", 0.01)),
@@ -341,24 +351,24 @@ async def test_outcomes_recorded_together_are_each_guarded_settled_and_published
         (None, False),
     ]
     assert [p.status if p else None for p in claimed] == [Status.PROCESSING]
-    assert (await store.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
-    assert (await store.get_prediction(ok.id)).output == "out"  # type: ignore[union-attr]
+    assert (await store.predictions.get_prediction(cancelled.id)).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert (await store.predictions.get_prediction(ok.id)).output == "out"  # type: ignore[union-attr]
     assert published == [
         (ok.id, Status.SUCCEEDED),
         (failed.id, Status.FAILED),
         (died.id, Status.QUEUED),
         (next_one.id, Status.PROCESSING),
     ]
-    credits = await store.credits(account.id)
-    assert credits == await store.ledger_sums(account.id)
+    credits = await store.accounts.credits(account.id)
+    assert credits == await store.accounts.ledger_sums(account.id)
     # charged: the success only; still held: the requeued one and the one just claimed
     assert credits == Credits(balance_micros=10_000_000 - 1_500_000, reserved_micros=2 * 1_500_000)
 
 
 async def test_the_credits_migration_starts_each_account_from_its_ledger(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
-    old = SqlStore(make_engine(url))
-    async with old.engine.begin() as conn:
+    old = make_engine(url)
+    async with old.begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0004"))
         await conn.execute(
             text(
@@ -374,26 +384,28 @@ async def test_the_credits_migration_starts_each_account_from_its_ledger(tmp_pat
                 ),
                 {"kind": kind, "amount": amount},
             )
-    await old.close()
-    store = await open_store(url)
+    await old.dispose()
+    store = await open_database(url)
     try:
-        assert await store.credits("acc_1") == Credits(balance_micros=9 - 2 - 1, reserved_micros=5 - 3)
-        assert await store.credits("acc_1") == await store.ledger_sums("acc_1")
+        assert await store.accounts.credits("acc_1") == Credits(
+            balance_micros=9 - 2 - 1, reserved_micros=5 - 3
+        )
+        assert await store.accounts.credits("acc_1") == await store.accounts.ledger_sums("acc_1")
     finally:
         await store.close()
 
 
-async def test_concurrent_migrations_on_one_database_are_safe(store: SqlStore) -> None:
+async def test_concurrent_migrations_on_one_database_are_safe(store: Database) -> None:
     url = store.engine.url.render_as_string(hide_password=False)
-    others = await asyncio.gather(*(open_store(url) for _ in range(3)))
+    others = await asyncio.gather(*(open_database(url) for _ in range(3)))
     for other in others:
         await other.close()
-    assert [a.name for a in await store.list_accounts()] == []
+    assert [a.name for a in await store.accounts.list_accounts()] == []
 
 
-async def test_listing_by_status_and_usage_per_utc_day(store: SqlStore) -> None:
-    account = await store.create_account("a")
-    other = await store.create_account("b")
+async def test_listing_by_status_and_usage_per_utc_day(store: Database) -> None:
+    account = await store.accounts.create_account("a")
+    other = await store.accounts.create_account("b")
     today = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
     yesterday_late = today.replace(hour=23, minute=59, second=59) - timedelta(days=1)
     rows = [
@@ -406,15 +418,15 @@ async def test_listing_by_status_and_usage_per_utc_day(store: SqlStore) -> None:
         queued(other.id, status=Status.SUCCEEDED, cost=100.0, created_at=today),
     ]
     for p in rows:
-        await store.insert_prediction(p)
+        await store.predictions.insert_prediction(p)
 
-    failed = await store.list_predictions(
+    failed = await store.predictions.list_predictions(
         ListQuery(account.id, 1, 50, statuses=frozenset({Status.FAILED, Status.TIMED_OUT}))
     )
     assert {p.id for p in failed.items} == {rows[2].id, rows[3].id}
     assert failed.total == 2
 
-    usage = await store.daily_usage(account.id, today - timedelta(days=13, hours=12))
+    usage = await store.predictions.daily_usage(account.id, today - timedelta(days=13, hours=12))
     assert [(u.day, u.predictions, u.credits) for u in usage] == [
         (yesterday_late.date(), 2, 1.0),
         (today.date(), 3, 2.5),  # only succeeded predictions consume credits
@@ -422,37 +434,39 @@ async def test_listing_by_status_and_usage_per_utc_day(store: SqlStore) -> None:
 
 
 async def test_first_reads_of_the_webhook_secret_at_once_never_invalidate_a_secret_handed_out(
-    store: SqlStore,
+    store: Database,
 ) -> None:
     # A webhook being signed while the account reads its secret: every secret either caller got must still
     # sign and verify afterwards (a receiver configured with it keeps accepting deliveries).
-    account = await store.create_account("hooks")
-    first_reads = await asyncio.gather(*(store.webhook_secrets(account.id) for _ in range(8)))
-    valid = set(await store.webhook_secrets(account.id))
+    account = await store.accounts.create_account("hooks")
+    first_reads = await asyncio.gather(*(store.deliveries.webhook_secrets(account.id) for _ in range(8)))
+    valid = set(await store.deliveries.webhook_secrets(account.id))
     assert valid
     assert {secret for secrets in first_reads for secret in secrets} <= valid
 
 
-async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_path: Path) -> None:
+async def test_reads_served_from_memory_see_every_change(store: Database, tmp_path: Path) -> None:
     """The SQLite store answers repeated key and prediction reads from memory; a change made through
     it, through its SQLAlchemy side, or by another connection (another process) is seen by the next read."""
-    alice = await store.create_account("alice")
-    bob = await store.create_account("bob")
-    await store.create_key(alice.id, "a" * 64, "pd_alice", "ci")
+    alice = await store.accounts.create_account("alice")
+    bob = await store.accounts.create_account("bob")
+    await store.accounts.create_key(alice.id, "a" * 64, "pd_alice", "ci")
     p = queued(alice.id)
-    await store.insert_prediction(p)
+    await store.predictions.insert_prediction(p)
     for _ in range(2):  # the reads may come from memory (the SQLite store remembers what it inserted)
-        first = await store.get_prediction(p.id, alice.id)
+        first = await store.predictions.get_prediction(p.id, alice.id)
         assert first == p, "exactly the row as stored"
         assert first is not p, "never the caller's own object, which the caller may go on changing"
-        assert await store.get_prediction(p.id, bob.id) is None
-        found = await store.find_key("a" * 64)
+        assert await store.predictions.get_prediction(p.id, bob.id) is None
+        found = await store.accounts.find_key("a" * 64)
         assert found is not None
         assert found[1].status.value == "active"
 
-    claimed = await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    claimed = await store.predictions.transition(
+        p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow()
+    )
     assert claimed is not None
-    now = await store.get_prediction(p.id, alice.id)
+    now = await store.predictions.get_prediction(p.id, alice.id)
     assert now is not None
     assert (now.status, now.attempts) == (Status.PROCESSING, 1)
 
@@ -473,16 +487,16 @@ async def test_reads_served_from_memory_see_every_change(store: SqlStore, tmp_pa
             await conn.execute(
                 text("UPDATE accounts SET status = 'suspended' WHERE id = :id"), {"id": alice.id}
             )
-    changed = await store.get_prediction(p.id, alice.id)
+    changed = await store.predictions.get_prediction(p.id, alice.id)
     assert changed is not None
     assert changed.status is Status.FAILED
-    found = await store.find_key("a" * 64)
+    found = await store.accounts.find_key("a" * 64)
     assert found is not None
     assert found[1].status.value == "suspended"
 
-    removed = await store.remove_data(p.id, alice.id)  # through SQLAlchemy's connection
+    removed = await store.predictions.remove_data(p.id, alice.id)  # through SQLAlchemy's connection
     assert removed is not None
-    after = await store.get_prediction(p.id, alice.id)
+    after = await store.predictions.get_prediction(p.id, alice.id)
     assert after is not None
     assert (after.input, after.data_removed) == (None, True)
 
@@ -492,13 +506,13 @@ async def test_a_read_from_memory_sees_another_connections_commit_at_once(tmp_pa
     WAL moves meanwhile: the store's own commits, checkpoints that empty the WAL so that it starts over, and
     commits by another connection, in a random order."""
     path = tmp_path / "store.sqlite3"
-    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    store = await open_database(f"sqlite+aiosqlite:///{path}")
     other = sqlite3.connect(path, isolation_level=None)
     try:
-        alice = await store.create_account("alice")
-        await store.create_key(alice.id, "a" * 64, "pd_alice", "ci")
+        alice = await store.accounts.create_account("alice")
+        await store.accounts.create_key(alice.id, "a" * 64, "pd_alice", "ci")
         watched = queued(alice.id)
-        await store.insert_prediction(watched)
+        await store.predictions.insert_prediction(watched)
         message, account_status = None, "active"
         served_from_memory = 0
         rng = random.Random(7)
@@ -514,18 +528,18 @@ async def test_a_read_from_memory_sees_another_connections_commit_at_once(tmp_pa
                 account_status = "suspended" if account_status == "active" else "active"
                 other.execute("UPDATE accounts SET status = ? WHERE id = ?", (account_status, alice.id))
             elif action == "own write":
-                await store.insert_prediction(queued(alice.id))
+                await store.predictions.insert_prediction(queued(alice.id))
             elif action == "checkpoint":
                 other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            remembered = store.remembered_prediction(watched.id, alice.id)
+            remembered = store.predictions.remembered_prediction(watched.id, alice.id)
             assert remembered is None or remembered.error_message == message, f"step {step}: {action}"
             served_from_memory += remembered is not None
-            read = await store.get_prediction(watched.id, alice.id)
+            read = await store.predictions.get_prediction(watched.id, alice.id)
             assert read is not None
             assert read.error_message == message, f"step {step}: {action}"
-            key = store.remembered_key("a" * 64)
+            key = store.accounts.remembered_key("a" * 64)
             assert key is None or key[1].status.value == account_status, f"step {step}: {action}"
-            found = await store.find_key("a" * 64)
+            found = await store.accounts.find_key("a" * 64)
             assert found is not None
             assert found[1].status.value == account_status, f"step {step}: {action}"
         assert served_from_memory > 100, "reads after a step that changed nothing come from memory"
@@ -548,19 +562,23 @@ def test_without_a_wal_index_to_look_at_every_check_asks_sqlite(tmp_path: Path) 
 
 
 async def test_concurrent_writes_are_each_durable_and_a_failing_one_fails_alone(
-    store: SqlStore, tmp_path: Path
+    store: Database, tmp_path: Path
 ) -> None:
     """Writes made together each land, and are seen by another connection as soon as they return; one that
     fails takes none of the others with it."""
-    alice = await store.create_account("alice")
+    alice = await store.accounts.create_account("alice")
     first = queued(alice.id)
-    await store.insert_prediction(first, IdempotencyRecord(alice.id, "once", "h", first.id, utcnow()))
+    await store.predictions.insert_prediction(
+        first, IdempotencyRecord(alice.id, "once", "h", first.id, utcnow())
+    )
     many = [queued(alice.id) for _ in range(20)]
     clash = queued(alice.id)
     outcomes = await asyncio.gather(
-        *(store.insert_prediction(p) for p in many),
-        store.insert_prediction(clash, IdempotencyRecord(alice.id, "once", "h", clash.id, utcnow())),
-        store.transition(first.id, Status.PROCESSING, count_attempt=True, started_at=utcnow()),
+        *(store.predictions.insert_prediction(p) for p in many),
+        store.predictions.insert_prediction(
+            clash, IdempotencyRecord(alice.id, "once", "h", clash.id, utcnow())
+        ),
+        store.predictions.transition(first.id, Status.PROCESSING, count_attempt=True, started_at=utcnow()),
         return_exceptions=True,
     )
     assert outcomes[:20] == [None] * 20
@@ -592,18 +610,20 @@ async def test_embedded_writes_waiting_for_another_connections_lock_all_land_onc
     keys revoke``) wait without blocking the event loop, and all land once it lets go; a caller cancelled
     meanwhile (a shutdown) has nothing written."""
     path = tmp_path / "store.sqlite3"
-    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    store = await open_database(f"sqlite+aiosqlite:///{path}")
     try:
-        alice = await store.create_account("alice")
+        alice = await store.accounts.create_account("alice")
         first = queued(alice.id)
-        await store.insert_prediction(first)
+        await store.predictions.insert_prediction(first)
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         many = [queued(alice.id) for _ in range(10)]
         gone = queued(alice.id)
-        inserts = [asyncio.create_task(store.insert_prediction(p)) for p in many]
-        cancelled = asyncio.create_task(store.insert_prediction(gone))
-        move = asyncio.create_task(store.transition(first.id, Status.PROCESSING, started_at=utcnow()))
+        inserts = [asyncio.create_task(store.predictions.insert_prediction(p)) for p in many]
+        cancelled = asyncio.create_task(store.predictions.insert_prediction(gone))
+        move = asyncio.create_task(
+            store.predictions.transition(first.id, Status.PROCESSING, started_at=utcnow())
+        )
         await asyncio.sleep(0.3)
         assert not any(t.done() for t in [*inserts, move]), "nothing is answered before it is committed"
         cancelled.cancel()
@@ -625,7 +645,7 @@ async def test_embedded_writes_waiting_for_another_connections_lock_all_land_onc
             first.id: "processing",
             **{p.id: "queued" for p in many},
         }
-        assert await store.get_prediction(gone.id) is None
+        assert await store.predictions.get_prediction(gone.id) is None
     finally:
         await store.close()
 
@@ -636,15 +656,15 @@ async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path:
     store as a number (its column has NUMERIC affinity), and also after another connection changed the row
     this one remembers."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
-    store, reader = await open_store(url), await open_store(url)
+    store, reader = await open_database(url), await open_database(url)
     try:
-        alice = await store.create_account("alice")
+        alice = await store.accounts.create_account("alice")
 
         async def moved_as_read(*moves: Move) -> list[Prediction | None]:
-            results = await store.transitions(list(moves))
+            results = await store.predictions.transitions(list(moves))
             for result in results:
                 assert result is not None
-                fresh = await reader.get_prediction(result.id)
+                fresh = await reader.predictions.get_prediction(result.id)
                 assert repr(result) == repr(fresh), "\n".join(
                     f"{a} {b!r} {c!r}"
                     for a in result.__dataclass_fields__
@@ -661,7 +681,7 @@ async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path:
         expected: dict[str, object] = {}
         for output in outputs:
             prediction = queued(alice.id, extra={"webhook": {"url": "https://example.com/h"}})
-            await store.insert_prediction(prediction)
+            await store.predictions.insert_prediction(prediction)
             await moved_as_read(claim(prediction))
             changes = {"output": output, "completed_at": utcnow(), "predict_time": 1, "cost": 0}
             (done,) = await moved_as_read(Move(prediction.id, Status.SUCCEEDED, changes=changes))
@@ -678,8 +698,8 @@ async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path:
 
         # requeued after its worker died, claimed again, then failed with its data removed
         again, cancelled = queued(alice.id), queued(alice.id)
-        await store.insert_prediction(again)
-        await store.insert_prediction(cancelled)
+        await store.predictions.insert_prediction(again)
+        await store.predictions.insert_prediction(cancelled)
         await moved_as_read(claim(again), claim(cancelled))
         await moved_as_read(Move(again.id, Status.QUEUED))
         (second,) = await moved_as_read(claim(again))
@@ -692,9 +712,9 @@ async def test_embedded_moves_and_reads_return_exactly_what_was_stored(tmp_path:
 
         # another connection removes a remembered prediction's data: the move must not bring it back
         kept = queued(alice.id, input={"text": "private"})
-        await store.insert_prediction(kept)
+        await store.predictions.insert_prediction(kept)
         await moved_as_read(claim(kept))
-        await reader.remove_data(kept.id, alice.id)
+        await reader.predictions.remove_data(kept.id, alice.id)
         (ended,) = await moved_as_read(Move(kept.id, Status.SUCCEEDED, changes={"output": "o"}))
         assert ended is not None
         assert ended.input is None
@@ -710,12 +730,12 @@ async def test_sqlite_calls_cancelled_while_the_database_is_locked_leave_the_sto
     """Embedded mode runs SQLAlchemy's calls in worker threads. Callers cancelled while their call waits for
     another process's lock (a shutdown, a timeout) must neither leak their connection nor share it between
     two threads, and more waiting callers than there are threads must all get through once the lock goes."""
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
+    store = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}")
     try:
         holder = sqlite3.connect(tmp_path / "store.sqlite3", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
-        cancelled = [asyncio.create_task(store.create_account(f"gone-{i}")) for i in range(20)]
-        waiting = [asyncio.create_task(store.create_account(f"kept-{i}")) for i in range(40)]
+        cancelled = [asyncio.create_task(store.accounts.create_account(f"gone-{i}")) for i in range(20)]
+        waiting = [asyncio.create_task(store.accounts.create_account(f"kept-{i}")) for i in range(40)]
         await asyncio.sleep(0.3)
         for task in cancelled:
             task.cancel()
@@ -724,12 +744,12 @@ async def test_sqlite_calls_cancelled_while_the_database_is_locked_leave_the_sto
         holder.close()
         kept = await asyncio.wait_for(asyncio.gather(*waiting), timeout=30)
         assert sorted(a.name for a in kept) == sorted(f"kept-{i}" for i in range(40))
-        names = {a.name for a in await store.list_accounts()}
+        names = {a.name for a in await store.accounts.list_accounts()}
         assert {f"kept-{i}" for i in range(40)} <= names
         assert not any(n.startswith("gone-") for n in names), "a cancelled write is rolled back"
         assert store.engine.sync_engine.pool.checkedout() == 0, "every connection went back to the pool"
         for i in range(20):  # and the pool still serves
-            await store.create_account(f"after-{i}")
+            await store.accounts.create_account(f"after-{i}")
     finally:
         await store.close()
 
@@ -744,12 +764,12 @@ async def test_a_process_starting_during_another_ones_migration_waits_for_it(tmp
     holder = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
     try:
         await holder.execute("SELECT pg_advisory_lock($1)", _PG_MIGRATION_LOCK)
-        opening = asyncio.create_task(open_store(url, postgres_lock_timeout_ms=100))
+        opening = asyncio.create_task(open_database(url, postgres_lock_timeout_ms=100))
         await asyncio.sleep(1.0)
         assert not opening.done(), "it waits for the lock"
         await holder.execute("SELECT pg_advisory_unlock($1)", _PG_MIGRATION_LOCK)
         store = await asyncio.wait_for(opening, 30)
-        account = await store.create_account("after-the-wait")
+        account = await store.accounts.create_account("after-the-wait")
         assert account.name == "after-the-wait"
         await store.close()
     finally:
@@ -758,32 +778,34 @@ async def test_a_process_starting_during_another_ones_migration_waits_for_it(tmp
         await admin.close()
 
 
-async def test_of_dispatchers_racing_for_a_due_webhook_only_one_claims_it(store: SqlStore) -> None:
+async def test_of_dispatchers_racing_for_a_due_webhook_only_one_claims_it(store: Database) -> None:
     """Scaled out, every API process and worker runs a webhook dispatcher: each reads the same due rows,
     and each row must be sent by exactly one of them."""
-    account = await store.create_account("a")
+    account = await store.accounts.create_account("a")
     p = queued(account.id)
-    await store.insert_prediction(p)
+    await store.predictions.insert_prediction(p)
 
     def planner(prediction: Prediction) -> list[NewDelivery]:
         payload = {"id": prediction.id, "status": str(prediction.status)}
         return [NewDelivery(new_id("msg_"), prediction.id, account.id, "completed", "http://x/hook", payload)]
 
-    await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
-    await store.transition(p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x")
-    due = await store.due_deliveries(utcnow() + timedelta(seconds=1), limit=10)
+    await store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.predictions.transition(
+        p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x"
+    )
+    due = await store.deliveries.due_deliveries(utcnow() + timedelta(seconds=1), limit=10)
     assert len(due) == 1
     # Every dispatcher read the row while it was due; their claims then race.
     lease = utcnow() + timedelta(seconds=15)
-    claims = await asyncio.gather(*(store.claim_delivery(due[0], lease) for _ in range(8)))
+    claims = await asyncio.gather(*(store.deliveries.claim_delivery(due[0], lease) for _ in range(8)))
     assert sum(claims) == 1
-    assert await store.due_deliveries(utcnow() + timedelta(seconds=1), limit=10) == []
+    assert await store.deliveries.due_deliveries(utcnow() + timedelta(seconds=1), limit=10) == []
 
 
-async def test_due_webhooks_leave_out_exactly_the_busy_receivers(store: SqlStore) -> None:
+async def test_due_webhooks_leave_out_exactly_the_busy_receivers(store: Database) -> None:
     """The dispatcher asks for due rows without those of receivers whose slots are all taken: a URL equal
     to a busy origin or going on from it with /, ? or #, never another host that merely starts alike."""
-    account = await store.create_account("a")
+    account = await store.accounts.create_account("a")
     urls = [
         "http://slow.example/hook",
         "http://slow.example?p=1",
@@ -795,24 +817,26 @@ async def test_due_webhooks_leave_out_exactly_the_busy_receivers(store: SqlStore
         "http://100xysure.example/hook",
     ]
     p = queued(account.id)
-    await store.insert_prediction(p)
+    await store.predictions.insert_prediction(p)
 
     def planner(prediction: Prediction) -> list[NewDelivery]:
         return [NewDelivery(new_id("msg_"), prediction.id, account.id, "completed", url, {}) for url in urls]
 
-    await store.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
-    await store.transition(p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x")
+    await store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=utcnow())
+    await store.predictions.transition(
+        p.id, Status.SUCCEEDED, deliveries=planner, completed_at=utcnow(), output="x"
+    )
     later = utcnow() + timedelta(seconds=1)
 
     async def due_urls(skip: list[str]) -> set[str]:
-        return {d.url for d in await store.due_deliveries(later, limit=20, skip_origins=skip)}
+        return {d.url for d in await store.deliveries.due_deliveries(later, limit=20, skip_origins=skip)}
 
     assert await due_urls([]) == set(urls)
     assert await due_urls(["http://slow.example"]) == set(urls[4:])
     # LIKE's wildcards in an origin are taken literally.
     assert await due_urls(["http://100%_sure.example"]) == set(urls) - {urls[6]}
-    assert await store.next_delivery_at(skip_origins=[]) is not None
+    assert await store.deliveries.next_delivery_at(skip_origins=[]) is not None
     every_origin = ["http://slow.example", "http://slow.example.org", "http://slow.example:8080"]
     every_origin += ["http://100%_sure.example", "http://100xysure.example"]
     assert await due_urls(every_origin) == set()
-    assert await store.next_delivery_at(skip_origins=every_origin) is None
+    assert await store.deliveries.next_delivery_at(skip_origins=every_origin) is None

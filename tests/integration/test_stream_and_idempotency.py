@@ -125,7 +125,7 @@ def test_a_stream_ends_when_its_key_is_revoked(server: Server) -> None:
                 if line == "" and frame:
                     seen.append(frame)
                     if len(seen) == 1:  # the state at connection time: now revoke, mid-stream
-                        server.with_store(lambda store: revoke_key_of(store, key))
+                        server.with_database(lambda db: revoke_key_of(db, key))
                     frame = {}
                 elif line and not line.startswith(":"):
                     name, _, value = line.partition(": ")

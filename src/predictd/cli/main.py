@@ -15,9 +15,10 @@ from rich.markup import escape
 from .. import __version__
 from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
+from ..core.ports import AccountStore
 from ..deploy.private_files import keep_private
 from ..errors import ApiError
-from ..store import SqlStore, open_store
+from ..store import open_database
 from ..store.presence import Absence, missing_database, shown_url
 from ..telemetry.logs import configure as configure_logging
 from ..usecases.administration import Administration
@@ -94,15 +95,17 @@ def _settings(**flags: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _with_store(settings: Settings, action: Callable[[SqlStore], Awaitable[T]]) -> T:
+def _with_accounts(settings: Settings, action: Callable[[AccountStore], Awaitable[T]]) -> T:
+    """Run ``action`` on the configured database's accounts (opening it migrates it first)."""
+
     async def run() -> T:
-        store = await open_store(
+        database = await open_database(
             settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
         )
         try:
-            return await action(store)
+            return await action(database.accounts)
         finally:
-            await store.close()
+            await database.close()
 
     return asyncio.run(run())
 
@@ -117,7 +120,7 @@ def _migrate_apart(settings: Settings) -> None:
     if pid == 0:  # the child: migrate (opening the store does), then leave without running the parent's exits
         code = 1
         try:
-            _with_store(settings, lambda store: asyncio.sleep(0))
+            _with_accounts(settings, lambda _: asyncio.sleep(0))
             code = 0
         except Exception as exc:
             err.print(f"[red]the database could not be migrated:[/red] {exc}")
@@ -177,7 +180,7 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] {shortfall}")
     _migrate_apart(settings)
     kept = kept_demo_key(settings.data_dir) if demo else None
-    secret = _with_store(
+    secret = _with_accounts(
         settings,
         lambda store: Administration(store).startup_key(DEFAULT_ACCOUNT, DEMO_LABEL, demo=demo, kept=kept),
     )
@@ -288,7 +291,7 @@ def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
         typer.echo(_no_database(settings, absence), err=True)
         raise typer.Exit(1)
     try:
-        return _with_store(settings, lambda store: action(Administration(store)))
+        return _with_accounts(settings, lambda store: action(Administration(store)))
     except ApiError as exc:
         err.print(f"[red]{exc.error_id}[/red]: {escape(exc.message)}")
         raise typer.Exit(1) from None

@@ -36,7 +36,7 @@ DeliveryPlanner = Callable[[Prediction], list[NewDelivery]]
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """One state-machine transition of a prediction (see ``Store.transitions``)."""
+    """One state-machine transition of a prediction (see ``PredictionStore.transitions``)."""
 
     prediction_id: str
     target: Status
@@ -168,13 +168,6 @@ class DeliveryStore(Protocol):
     async def disable_deliveries(self, prediction_id: str, url: str) -> int: ...
     async def url_disabled(self, prediction_id: str, url: str) -> bool: ...
     async def list_deliveries(self, prediction_id: str) -> list[WebhookDelivery]: ...
-
-
-class Store(AccountStore, PredictionStore, DeliveryStore, Protocol):
-    """The three aggregates over one database, opened and closed together."""
-
-    async def migrate(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 class Broker(Protocol):

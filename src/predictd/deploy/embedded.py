@@ -15,7 +15,7 @@ import structlog
 from ..config.settings import ModelConfig, Settings
 from ..core.background import cancel_and_wait
 from ..core.domain import Plan, utcnow
-from ..core.ports import Broker, Limits, ModelCatalog, Notifier, WorkSource
+from ..core.ports import Broker, DeliveryStore, Limits, ModelCatalog, Notifier, PredictionStore, WorkSource
 from ..dispatch.local import LocalBroker, LocalNotifier
 from ..limits import MemoryLimits
 from ..media import LocalOutputs
@@ -24,7 +24,7 @@ from ..runtime.pipeline import CONFIG_ENV, WorkerConfig
 from ..runtime.supervisor import Supervisor
 from ..safety.security import SecurityScreen
 from ..safety.text import TextModerator, TextPolicy
-from ..store import SqlStore, open_store
+from ..store import Database, open_database
 from ..telemetry.metrics import Metrics
 from ..usecases import UseCases
 from ..usecases.access import Access
@@ -129,7 +129,7 @@ def text_moderator(settings: Settings) -> TextModerator:
     )
 
 
-async def expire_data(outputs: LocalOutputs, store: SqlStore, settings: Settings) -> None:
+async def expire_data(outputs: LocalOutputs, store: PredictionStore, settings: Settings) -> None:
     """Expire output files and idempotency keys past their lifetimes."""
     while True:
         try:
@@ -159,9 +159,9 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
     )
 
 
-async def open_deployment_store(settings: Settings) -> SqlStore:
+async def open_deployment_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return await open_store(
+    return await open_database(
         settings.resolved_database_url,
         sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         postgres_lock_timeout_ms=settings.postgres_lock_timeout_ms,
@@ -170,7 +170,7 @@ async def open_deployment_store(settings: Settings) -> SqlStore:
 
 def build_usecases(
     settings: Settings,
-    store: SqlStore,
+    database: Database,
     broker: Broker,
     notifier: Notifier,
     catalog: ModelCatalog,
@@ -182,10 +182,14 @@ def build_usecases(
     limits = limits or MemoryLimits()
     models = Models(catalog)
     admission = Admission(
-        models, store, rules, security=security_screen(settings), text_moderator=text_moderator(settings)
+        models,
+        database.accounts,
+        rules,
+        security=security_screen(settings),
+        text_moderator=text_moderator(settings),
     )
     predictions = Predictions(
-        store,
+        database.predictions,
         admission,
         broker,
         notifier,
@@ -195,14 +199,19 @@ def build_usecases(
         idempotency_ttl_s=settings.idempotency_ttl_s,
     )
     usecases = UseCases(
-        access=Access(store, limits, rules),
+        access=Access(database.accounts, limits, rules),
         models=models,
         predictions=predictions,
-        account=OwnAccount(store, store, predictions, rotation_grace_s=settings.webhooks.rotation_grace_s),
-        administration=Administration(store),
+        account=OwnAccount(
+            database.accounts,
+            database.deliveries,
+            predictions,
+            rotation_grace_s=settings.webhooks.rotation_grace_s,
+        ),
+        administration=Administration(database.accounts),
     )
     recovery = Recovery(
-        store,
+        database.predictions,
         predictions,
         catalog,
         broker,
@@ -230,7 +239,7 @@ def build_supervisor(
     )
 
 
-def webhook_dispatcher(notifier: Notifier, store: SqlStore, settings: Settings) -> Dispatcher:
+def webhook_dispatcher(notifier: Notifier, store: DeliveryStore, settings: Settings) -> Dispatcher:
     dispatcher = Dispatcher(store, delivery_config(settings))
     notifier.add_listener(lambda prediction: dispatcher.wake() if "webhook" in prediction.extra else None)
     return dispatcher
@@ -239,28 +248,30 @@ def webhook_dispatcher(notifier: Notifier, store: SqlStore, settings: Settings) 
 async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
     """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses.
     ``renderers`` turn a prediction into each surface's webhook payload (given by the HTTP layer)."""
-    store = await open_deployment_store(settings)
+    database = await open_deployment_database(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = LocalBroker()
     notifier = LocalNotifier()
     notifier.add_listener(metrics.observe_prediction)
     planner = Planner(renderers)
-    dispatcher = webhook_dispatcher(notifier, store, settings)
-    runs = RunRecorder(store, notifier, settings.max_attempts, planner)
+    dispatcher = webhook_dispatcher(notifier, database.deliveries, settings)
+    runs = RunRecorder(database.predictions, notifier, settings.max_attempts, planner)
     models = settings.all_models
     supervisor = build_supervisor(settings, models, broker, runs, outputs)
     for model in models:
         watch_model(metrics, supervisor, model.slug, partial(broker.backlog, model.slug))
-    usecases, recovery = build_usecases(settings, store, broker, notifier, supervisor, outputs, planner)
+    usecases, recovery = build_usecases(settings, database, broker, notifier, supervisor, outputs, planner)
     try:
         await supervisor.start()
         await recovery.recover()
     except BaseException:
         await supervisor.close(0)
-        await store.close()
+        await database.close()
         raise
     deployment = Deployment(settings, usecases, metrics, outputs)
-    deployment.closers += [store.close, partial(supervisor.close, settings.shutdown_grace_s)]
-    deployment.tasks.append(asyncio.create_task(expire_data(outputs, store, settings), name="expire"))
+    deployment.closers += [database.close, partial(supervisor.close, settings.shutdown_grace_s)]
+    deployment.tasks.append(
+        asyncio.create_task(expire_data(outputs, database.predictions, settings), name="expire")
+    )
     deployment.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="webhooks"))
     return deployment

@@ -30,7 +30,7 @@ from .embedded import (
     build_supervisor,
     build_usecases,
     expire_data,
-    open_deployment_store,
+    open_deployment_database,
     watch_model,
     webhook_dispatcher,
 )
@@ -63,23 +63,23 @@ def connect(url: str) -> Redis:
 async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, Renderer]) -> Deployment:
     """A stateless API process of a scaled-out deployment: state in the SQL store (PostgreSQL), dispatch,
     limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
-    store = await open_deployment_store(settings)
+    database = await open_deployment_database(settings)
     redis, keys = _redis(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = RedisBroker(redis, keys)
-    notifier = RedisNotifier(redis, keys, store)
+    notifier = RedisNotifier(redis, keys, database.predictions)
     notifier.add_listener(metrics.observe_prediction)
     planner = Planner(renderers)
-    dispatcher = webhook_dispatcher(notifier, store, settings)
+    dispatcher = webhook_dispatcher(notifier, database.deliveries, settings)
     catalog = RedisCatalog(redis, keys, settings.all_models, settings.worker_lease_s)
     limits = RedisLimits(redis, keys)
     for model in settings.all_models:
         watch_model(metrics, catalog, model.slug)
-    usecases, _ = build_usecases(settings, store, broker, notifier, catalog, outputs, planner, limits)
+    usecases, _ = build_usecases(settings, database, broker, notifier, catalog, outputs, planner, limits)
     sweeper = Sweeper(
         redis,
         keys,
-        store,
+        database.predictions,
         broker,
         catalog,
         limits,
@@ -96,11 +96,11 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     deployment = Deployment(settings, usecases, metrics, outputs)
     deployment.live_workers = lambda: len(catalog.workers)
     deployment.redis = (redis, keys)
-    deployment.closers += [store.close, redis.aclose, notifier.close]
+    deployment.closers += [database.close, redis.aclose, notifier.close]
     deployment.tasks += [
         asyncio.create_task(catalog.run_forever(), name="catalog"),
         asyncio.create_task(sweeper.run_forever(), name="sweeper"),
-        asyncio.create_task(expire_data(outputs, store, settings), name="expire"),
+        asyncio.create_task(expire_data(outputs, database.predictions, settings), name="expire"),
         asyncio.create_task(dispatcher.run_forever(), name="webhooks"),
     ]
     return deployment
@@ -123,10 +123,10 @@ async def start_worker(
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; configured: {sorted(known)}")
     models = [known[slug] for slug in only] if only else list(known.values())
-    store = await open_deployment_store(settings)
+    database = await open_deployment_database(settings)
     redis, keys = _redis(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
-    notifier = RedisNotifier(redis, keys, store)
+    notifier = RedisNotifier(redis, keys, database.predictions)
     metrics = Metrics()
     notifier.add_listener(metrics.observe_prediction)
     if settings.worker_metrics_port is not None:
@@ -138,8 +138,8 @@ async def start_worker(
         lambda p: releases.spawn(limits.release(p.account_id, p.id), "release") if p.terminal else None
     )
     planner = Planner(renderers)
-    dispatcher = webhook_dispatcher(notifier, store, settings)
-    runs = RunRecorder(store, notifier, settings.max_attempts, planner)
+    dispatcher = webhook_dispatcher(notifier, database.deliveries, settings)
+    runs = RunRecorder(database.predictions, notifier, settings.max_attempts, planner)
     worker_id = worker_identity()
     slots = {m.slug: m.workers for m in models}
     source = RedisWorkSource(
@@ -179,7 +179,7 @@ async def start_worker(
         await notifier.close()
         await releases.drain()
         await redis.aclose()
-        await store.close()
+        await database.close()
 
     return WorkerNode(supervisor, announcer, stop)
 

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..core.background import Background, cancel_and_wait
 from ..core.domain import Prediction
-from ..core.ports import CancelHandler, Job, Store
+from ..core.ports import CancelHandler, Job, PredictionStore
 from ..core.redis_keys import CONSUMER_GROUP, RedisKeys
 from .local import LocalNotifier, _LocalSubscription
 
@@ -292,7 +292,7 @@ class RedisNotifier:
     announced on a channel (id only), and a process with someone waiting on that prediction reads it from
     the store. After losing the channel it re-reads every watched prediction, so no wake-up is lost."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, store: Store) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, store: PredictionStore) -> None:
         self._redis = redis
         self._keys = keys
         self._store = store

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..core.domain import Prediction, Status, utcnow
-from ..core.ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, Store
+from ..core.ports import DeliveryPlanner, Limits, ModelCatalog, Notifier, PredictionStore
 from ..core.redis_keys import RedisKeys
 from ..runtime.outcomes import Failed, failure_changes, unserved_failure
 from .redis_streams import RedisBroker
@@ -55,7 +55,7 @@ class Sweeper:
         self,
         redis: Redis,
         keys: RedisKeys,
-        store: Store,
+        store: PredictionStore,
         broker: RedisBroker,
         catalog: ModelCatalog,
         limits: Limits,

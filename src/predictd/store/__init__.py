@@ -1,5 +1,6 @@
-"""Persistence: one SQLAlchemy Core schema served by SQLite (embedded) and PostgreSQL (scaled out)."""
+"""Persistence: one SQLAlchemy Core schema served by SQLite (embedded) and PostgreSQL (scaled out), with a
+store per aggregate (accounts.py, predictions.py, deliveries.py) and their rules in one module (rules.py)."""
 
-from .sql import SqlStore, open_store
+from .database import Database, open_database
 
-__all__ = ["SqlStore", "open_store"]
+__all__ = ["Database", "open_database"]

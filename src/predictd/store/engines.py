@@ -6,8 +6,9 @@
   aiosqlite's thread, but importing it loads SQLAlchemy's ORM too: with aiosqlite, about 6.5 MiB of an
   embedded server's memory at rest, for nothing the store uses.
 
-Only what ``SqlStore`` and the migrations use is offered: ``begin()`` / ``connect()``, ``execute()``,
-``run_sync()``, ``dialect``, ``url``, ``sync_engine`` and ``dispose()``.
+Only what the stores and the migrations use is offered: ``begin()`` / ``connect()``, ``execute()``,
+``run_sync()``, ``dialect``, ``url``, ``sync_engine`` and ``dispose()``. ``make_engine`` builds the one
+the URL names.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import URL, Dialect
+import orjson
+from sqlalchemy import URL, Dialect, event
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import Engine as SyncEngine
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.util.typing import TupleAny
 
@@ -154,3 +157,59 @@ class ThreadedEngine:
     async def dispose(self) -> None:
         await asyncio.wrap_future(self.submit(self.sync_engine.dispose))
         self._threads.shutdown(wait=False)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+# SQLAlchemy's defaults for a pooled SQLite file, stated because ThreadedEngine keeps a thread per connection.
+SQLITE_POOL_SIZE = 5
+SQLITE_POOL_OVERFLOW = 10
+
+
+def make_engine(
+    url: str, *, sqlite_busy_timeout_ms: int = 5000, postgres_lock_timeout_ms: int = 5000
+) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        from sqlalchemy import create_engine
+
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        sync_engine = create_engine(
+            parsed.set(drivername="sqlite"),  # the standard sqlite3 module, whatever driver the URL names
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_POOL_OVERFLOW,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            # A pooled connection serves one coroutine at a time, from whichever worker thread runs its call.
+            connect_args={"timeout": sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
+            # A database error's message, logged with an INTERNAL_ERROR's traceback, would otherwise carry
+            # the statement's parameters: users' inputs, webhook URLs (often with a token), webhook secrets.
+            hide_parameters=True,
+        )
+        event.listen(sync_engine, "connect", _sqlite_pragmas)
+        return ThreadedEngine(sync_engine, connections=SQLITE_POOL_SIZE + SQLITE_POOL_OVERFLOW)
+    from sqlalchemy.ext.asyncio import create_async_engine  # loads SQLAlchemy's ORM: PostgreSQL only
+
+    return create_async_engine(
+        url,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        hide_parameters=True,  # as above
+        # A write blocked by another transaction's lock (a stuck migration or backup) gives up after this
+        # long and answers INTERNAL_ERROR, rather than holding the request, as SQLite's busy timeout does.
+        connect_args={"server_settings": {"lock_timeout": str(postgres_lock_timeout_ms)}},
+    )

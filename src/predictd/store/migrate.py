@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import URL, Connection, text
 
+from .engines import Engine
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -96,3 +98,13 @@ async def migration_lock(url: URL) -> AsyncIterator[None]:
             yield
         finally:
             os.close(fd)  # closing releases the flock
+
+
+async def migrate(engine: Engine) -> None:
+    """Bring the engine's database to the newest schema; a database already there costs one query."""
+    async with migration_lock(engine.url):
+        async with engine.connect() as conn:
+            if await conn.run_sync(at_head):
+                return  # without importing Alembic
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_head)

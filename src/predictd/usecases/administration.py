@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..core import keys
 from ..core.domain import Account, AccountStatus, ApiKey, Credits, LedgerEntry, Plan, to_micros
-from ..core.ports import Store
+from ..core.ports import AccountStore
 from ..errors import ApiError, ErrorId
 
 
@@ -25,7 +25,7 @@ class AccountCredits:
 
 
 class Administration:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AccountStore) -> None:
         self.store = store
 
     async def account(self, name: str) -> Account:
