@@ -16,11 +16,12 @@ from predictd.core.domain import Prediction, Status, new_id, utcnow
 from predictd.core.redis_keys import RedisKeys
 from predictd.deploy.scaled import connect
 from predictd.dispatch.redis_streams import RedisBroker, RedisNotifier
+from predictd.dispatch.redis_tracking import RedisTracking
 from predictd.dispatch.registry import RedisCatalog
-from predictd.dispatch.sweeper import INFLIGHT_CHECK_AFTER_S, Sweeper
 from predictd.limits import MemoryRateLimiter
 from predictd.limits.redis import RedisLimits
 from predictd.store import open_database
+from predictd.usecases.recovery import INFLIGHT_CHECK_AFTER_S, LostWork
 
 from ..conftest import REDIS_URL
 
@@ -116,12 +117,10 @@ async def test_the_sweeper_frees_in_flight_counts_of_ended_predictions_only(
             keys.inflight(account.id),
             {ended: old, failed: old, unfinished: old, "never-stored": old, "just-counted": now},
         )
-        notifier = RedisNotifier(redis, keys, store)
-        sweeper = Sweeper(
-            redis,
-            keys,
+        notifier = RedisNotifier(redis, keys, store.get_prediction)
+        sweeper = LostWork(
             store,
-            RedisBroker(redis, keys),
+            RedisTracking(redis, keys, RedisBroker(redis, keys)),
             RedisCatalog(redis, keys, [], lease_s=15.0),
             shared,
             notifier,

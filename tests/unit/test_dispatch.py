@@ -1,4 +1,4 @@
-"""The pure parts of scaled-out dispatch: stream entries, the sweeper's notion of lost, the catalog's merge
+"""The pure parts of scaled-out dispatch: stream entries, the sweep's notion of lost, the catalog's merge
 of worker announcements."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from predictd.core.ports import Job
 from predictd.dispatch.redis_streams import job_fields, job_from_entry
 from predictd.dispatch.registry import model_views
-from predictd.dispatch.sweeper import Suspicion
+from predictd.usecases.recovery import Suspicion
 
 
 def test_a_job_survives_its_trip_through_a_stream_entry() -> None:

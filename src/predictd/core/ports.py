@@ -241,6 +241,31 @@ class RunRecords(Protocol[OutcomeT_contra]):
         ...
 
 
+class DispatchUnavailable(Exception):
+    """The dispatcher's shared state (Redis, scaled out) cannot be reached: a sweep skips its round."""
+
+
+class WorkTracking(Protocol):
+    """What a dispatcher that can lose work (Redis, scaled out) knows of it, for the sweep that puts back what
+    it lost (usecases/recovery.py). Raises DispatchUnavailable when it cannot be asked."""
+
+    async def lead(self, interval_s: float) -> bool:
+        """Whether this process sweeps this round (one at a time across processes)."""
+        ...
+
+    async def known(self, prediction_ids: Sequence[str]) -> dict[str, bool]:
+        """Whether the dispatcher still has each prediction queued or running."""
+        ...
+
+    async def requeue(self, prediction_id: str, model: str, *, running: bool) -> None:
+        """Queue again a prediction it lost; ``running``: it may be PROCESSING on a worker that is gone."""
+        ...
+
+    async def counted_since(self, older_than_s: float) -> list[tuple[str, str]]:
+        """(account id, prediction id) of every in-flight count made at least ``older_than_s`` ago."""
+        ...
+
+
 class Notifier(Protocol):
     """Wakes whoever waits for a prediction's state to change (await, streams)."""
 

@@ -2,7 +2,7 @@
 
 All keys start with the deployment's prefix, so several deployments (or test runs) can share one Redis.
 Redis is only a dispatcher and a cache of counters: losing all of it loses no accepted work (see
-dispatch/sweeper.py). The connection itself is made by the composition root (deploy/scaled.py).
+usecases/recovery.py). The connection itself is made by the composition root (deploy/scaled.py).
 """
 
 from __future__ import annotations

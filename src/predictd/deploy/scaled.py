@@ -17,12 +17,13 @@ from ..config.settings import Settings
 from ..core.background import Background, cancel_and_wait
 from ..core.redis_keys import RedisKeys
 from ..dispatch.redis_streams import RedisBroker, RedisNotifier, RedisWorkSource, worker_identity
+from ..dispatch.redis_tracking import RedisTracking
 from ..dispatch.registry import RedisCatalog, WorkerAnnouncer, announcement
-from ..dispatch.sweeper import Sweeper
 from ..limits.redis import RedisLimits
 from ..media import LocalOutputs
 from ..runtime.supervisor import Supervisor
 from ..telemetry.metrics import Metrics
+from ..usecases.recovery import LostWork
 from ..usecases.runs import RunRecorder
 from ..webhooks import Planner, Renderer
 from .embedded import (
@@ -67,7 +68,7 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     redis, keys = _redis(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = RedisBroker(redis, keys)
-    notifier = RedisNotifier(redis, keys, database.predictions)
+    notifier = RedisNotifier(redis, keys, database.predictions.get_prediction)
     notifier.add_listener(metrics.observe_prediction)
     planner = Planner(renderers)
     dispatcher = webhook_dispatcher(notifier, database.deliveries, settings)
@@ -76,11 +77,9 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     for model in settings.all_models:
         watch_model(metrics, catalog, model.slug)
     usecases, _ = build_usecases(settings, database, broker, notifier, catalog, outputs, planner, limits)
-    sweeper = Sweeper(
-        redis,
-        keys,
+    sweeper = LostWork(
         database.predictions,
-        broker,
+        RedisTracking(redis, keys, broker),
         catalog,
         limits,
         notifier,
@@ -126,7 +125,7 @@ async def start_worker(
     database = await open_deployment_database(settings)
     redis, keys = _redis(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
-    notifier = RedisNotifier(redis, keys, database.predictions)
+    notifier = RedisNotifier(redis, keys, database.predictions.get_prediction)
     metrics = Metrics()
     notifier.add_listener(metrics.observe_prediction)
     if settings.worker_metrics_port is not None:

@@ -6,8 +6,8 @@ Delivery is at least once and Redis is not the source of truth:
   while it runs, a heartbeat resets the entry's idle time and keeps a ``running`` marker alive;
 - an entry idle longer than the lease (its worker was killed) is taken over by another worker with
   XAUTOCLAIM, flagged ``orphaned`` so that the store counts the lost run as an attempt;
-- whatever Redis forgets (a restart without persistence) is queued again by dispatch/sweeper.py from the
-  store; the store's state machine refuses a second completion.
+- whatever Redis forgets (a restart without persistence) is queued again from the store by the sweep
+  (usecases/recovery.py); the store's state machine refuses a second completion.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..core.background import Background, cancel_and_wait
 from ..core.domain import Prediction
-from ..core.ports import CancelHandler, Job, PredictionStore
+from ..core.ports import CancelHandler, Job
 from ..core.redis_keys import CONSUMER_GROUP, RedisKeys
 from .local import LocalNotifier, _LocalSubscription
 
@@ -290,12 +290,15 @@ class RedisWorkSource:
 class RedisNotifier:
     """A LocalNotifier whose changes also reach every other process: each state published here is
     announced on a channel (id only), and a process with someone waiting on that prediction reads it from
-    the store. After losing the channel it re-reads every watched prediction, so no wake-up is lost."""
+    the store (``read``: the store's own read, given by the composition root). After losing the channel it
+    re-reads every watched prediction, so no wake-up is lost."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, store: PredictionStore) -> None:
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, read: Callable[[str], Awaitable[Prediction | None]]
+    ) -> None:
         self._redis = redis
         self._keys = keys
-        self._store = store
+        self._read = read
         self._local = LocalNotifier()
         self._origin = uuid.uuid4().hex
         self._announcements = Background()
@@ -338,7 +341,7 @@ class RedisNotifier:
             if prediction_id not in watched:
                 continue
             try:
-                prediction = await self._store.get_prediction(prediction_id)
+                prediction = await self._read(prediction_id)
             except Exception as exc:
                 log.warning("could not read a changed prediction", prediction=prediction_id, error=repr(exc))
                 continue

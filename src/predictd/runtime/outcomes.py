@@ -18,9 +18,9 @@
      └── its attempts are used up ───────────> Failed(UnavailableError, what happened, how many times)
 
 Pure data and rules, applied to the store by the run recorder (usecases/runs.py) and by recovery at start
-(usecases/recovery.py). The sweeper (dispatch/sweeper.py) fails a run Redis lost only when its model is no
-longer served (unserved_failure): any other it hands over as orphaned, and the worker that takes it records
-the lost run, under the same rule, as it claims it.
+(usecases/recovery.py, Recovery). The scaled-out sweep (usecases/recovery.py, LostWork) fails a run Redis lost
+only when its model is no longer served (unserved_failure): any other it hands over as orphaned, and the
+worker that takes it records the lost run, under the same rule, as it claims it.
 """
 
 from __future__ import annotations
