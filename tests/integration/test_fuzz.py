@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance, unsuppor
 from predictd.api.app import create_app
 from predictd.api.fashn import serves as fashn_serves
 from predictd.config.settings import Settings
+from predictd.deploy.start import start_deployment
 from predictd.errors import API_ERRORS, FASHN_STATUS
 
 from ..conftest import Server
@@ -108,7 +109,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[T
 
 # The document the server publishes, built by the same code at collection time (schemathesis parametrizes
 # one test per operation from it then); the first test checks the live server serves exactly this one.
-OPENAPI = create_app(Settings(builtin_models=False)).openapi()
+OPENAPI = create_app(Settings(builtin_models=False), start_deployment).openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI).exclude(path_regex=EXCLUDED_PATHS)
 
 

@@ -383,8 +383,9 @@ def test_the_embedded_server_stack_imports_no_client_or_on_demand_library(tmp_pa
         "import asyncio, sys\n"
         "import predictd.cli.main, predictd.deploy.embedded\n"
         "from predictd.api.app import create_app\n"
+        "from predictd.deploy.start import start_deployment\n"
         "from predictd.config.settings import Settings\n"
-        "create_app(Settings(builtin_models=['echo']))\n"
+        "create_app(Settings(builtin_models=['echo']), start_deployment)\n"
         + open_the_store
         + f"print(','.join(m for m in {unused!r} if m in sys.modules))\n"
     )
@@ -403,11 +404,11 @@ def test_a_first_start_migrates_in_a_child_so_that_the_server_never_loads_alembi
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from predictd.cli.main import _migrate_apart, _with_accounts\n"
+        "from predictd.cli.main import _administer, _migrate_apart\n"
         "from predictd.config.settings import load_settings\n"
         "settings = load_settings(data_dir=Path('data'))\n"
         "_migrate_apart(settings)\n"
-        "accounts = _with_accounts(settings, lambda store: store.list_accounts())\n"
+        "accounts = _administer(settings, lambda admin: admin.list_accounts())\n"
         "print(accounts == [], 'alembic' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTD_")}

@@ -15,9 +15,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import __version__
+from .._version import __version__
 from ..config.settings import Settings
-from ..deploy.embedded import Deployment, start_embedded
 from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
 from ..webhooks import Renderer
@@ -25,7 +24,7 @@ from . import account, admin, console, fashn, native, outputs
 from .context import RequestContext
 from .fast import FastRoutes
 from .responses import JSONResponse
-from .state import deployment_of, request_id_of
+from .state import Deployment, StartDeployment, deployment_of, request_id_of
 from .surface import surface_for
 
 log = structlog.get_logger("predictd.api")
@@ -109,17 +108,13 @@ class PredictdApp(FastAPI):
         await self.context(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
+    """The app of one server; ``start`` assembles the deployment it runs on (deploy.start_deployment)."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.scaled_out:
-            from ..deploy.scaled import start_api
-
-            deployment: Deployment = await start_api(settings, metrics, WEBHOOK_RENDERERS)
-        else:
-            deployment = await start_embedded(settings, metrics, WEBHOOK_RENDERERS)
+        deployment = await start(settings, metrics, WEBHOOK_RENDERERS)
         assert isinstance(app, PredictdApp)
         app.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.usecases.models.list() if m.available])

@@ -1,16 +1,45 @@
-"""Reaching the running deployment, and its use cases, from a request."""
+"""What the HTTP layer runs on, and reaching it (its use cases first) from a request.
+
+The composition root (deploy/) assembles a deployment and hands the app the function that starts one
+(``create_app(settings, start)``): the HTTP layer never imports what it is built from.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..deploy.embedded import Deployment
+from ..config.settings import Settings
+from ..media.outputs import LocalOutputs
+from ..telemetry.metrics import Metrics
 from ..usecases import UseCases
+from ..webhooks import Renderer
+
+if TYPE_CHECKING:  # only scaled-out deployments keep console sessions in Redis
+    from redis.asyncio import Redis
+
+    from ..core.redis_keys import RedisKeys
 
 R = TypeVar("R")
+
+
+class Deployment(Protocol):
+    """A running deployment, whichever mode assembled it."""
+
+    settings: Settings
+    usecases: UseCases
+    outputs: LocalOutputs
+    live_workers: Callable[[], int] | None  # scaled out: `predictd worker`s announcing themselves
+    redis: tuple[Redis, RedisKeys] | None  # scaled out: state shared by the API processes
+
+    async def close(self) -> None: ...
+
+
+# Starts the deployment a server runs on: (settings, the app's metrics, each surface's webhook payloads).
+StartDeployment = Callable[[Settings, Metrics, dict[str, Renderer]], Awaitable[Deployment]]
 
 
 class _Serving(Protocol):

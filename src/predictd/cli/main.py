@@ -12,14 +12,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import __version__
+from .._version import __version__
 from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
-from ..core.ports import AccountStore
+from ..deploy.operator import Absence, database_absence, run_administration, shown_url
 from ..deploy.private_files import keep_private
 from ..errors import ApiError
-from ..store import open_database
-from ..store.presence import Absence, missing_database, shown_url
 from ..telemetry.logs import configure as configure_logging
 from ..usecases.administration import Administration
 from .client import predict, predictions_app
@@ -95,19 +93,9 @@ def _settings(**flags: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _with_accounts(settings: Settings, action: Callable[[AccountStore], Awaitable[T]]) -> T:
-    """Run ``action`` on the configured database's accounts (opening it migrates it first)."""
-
-    async def run() -> T:
-        database = await open_database(
-            settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
-        )
-        try:
-            return await action(database.accounts)
-        finally:
-            await database.close()
-
-    return asyncio.run(run())
+def _administer(settings: Settings, action: Callable[[Administration], Awaitable[T]]) -> T:
+    """Run ``action`` on the operator use cases over the configured database (opening it migrates it)."""
+    return asyncio.run(run_administration(settings, action))
 
 
 def _migrate_apart(settings: Settings) -> None:
@@ -120,7 +108,7 @@ def _migrate_apart(settings: Settings) -> None:
     if pid == 0:  # the child: migrate (opening the store does), then leave without running the parent's exits
         code = 1
         try:
-            _with_accounts(settings, lambda _: asyncio.sleep(0))
+            _administer(settings, lambda _: asyncio.sleep(0))
             code = 0
         except Exception as exc:
             err.print(f"[red]the database could not be migrated:[/red] {exc}")
@@ -171,6 +159,7 @@ def serve(
     from ..api.app import create_app
     from ..api.http_guard import open_file_shortfall
     from ..api.http_protocol import guarded
+    from ..deploy.start import start_deployment
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
@@ -180,9 +169,8 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] {shortfall}")
     _migrate_apart(settings)
     kept = kept_demo_key(settings.data_dir) if demo else None
-    secret = _with_accounts(
-        settings,
-        lambda store: Administration(store).startup_key(DEFAULT_ACCOUNT, DEMO_LABEL, demo=demo, kept=kept),
+    secret = _administer(
+        settings, lambda admin: admin.startup_key(DEFAULT_ACCOUNT, DEMO_LABEL, demo=demo, kept=kept)
     )
     base = f"http://{settings.host}:{settings.port}"
     print(f"predictd {__version__} · data in {settings.data_dir.resolve()} · {base}")
@@ -195,7 +183,7 @@ def serve(
             print(f"API key for account '{DEFAULT_ACCOUNT}' (shown once, store it): {secret}")
         print(_try_line(settings, base, secret), flush=True)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, start_deployment),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -284,14 +272,14 @@ def _admin(action: Callable[[Administration], Awaitable[T]]) -> T:
     """Run an operator use case against the deployment's database, which must exist (unless
     --create-database); a use case's errors exit 1 with their message."""
     settings = _settings()
-    absence = asyncio.run(missing_database(settings.resolved_database_url))
+    absence = asyncio.run(database_absence(settings))
     if absence is None or _Options.create_database:
         keep_private(settings.data_dir)
     if absence is not None and not (_Options.create_database and absence.creatable):
         typer.echo(_no_database(settings, absence), err=True)
         raise typer.Exit(1)
     try:
-        return _with_accounts(settings, lambda store: action(Administration(store)))
+        return _administer(settings, action)
     except ApiError as exc:
         err.print(f"[red]{exc.error_id}[/red]: {escape(exc.message)}")
         raise typer.Exit(1) from None

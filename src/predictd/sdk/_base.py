@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from .. import __version__
+from .._version import __version__
 from ._effects import Close, Emit, Emits, NextLine, Plan, Read, Request, Send, Sleep, failure, sent
 from .errors import (
     APIConnectionError,
