@@ -144,9 +144,17 @@ class ConsoleSessions:
 # account may keep, the sessions all may keep, the prefix of a session's key (for the digests of others).
 # The sorted sets hold digests by when each session opened (Redis's clock, ms). Returns the sessions ended.
 OPEN_SESSION = """
+-- Scores are microseconds, and strictly increasing within a set: two sessions opened in the same tick
+-- would otherwise tie, and a tie is ordered by digest, so "the oldest" could be the newest.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[3])
+local ttl_us = ttl * 1000
+local function next_score(set)
+  local top = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) >= now then return tonumber(top[2]) + 1 end
+  return now
+end
 local prefix = ARGV[6]
 local ended = 0
 local function end_oldest(set, count)
@@ -156,8 +164,8 @@ local function end_oldest(set, count)
     redis.call('ZREM', KEYS[3], digest)
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl_us)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl_us)
 -- The account's sessions that ended otherwise (the global bound, another process's close): not counted.
 for _, digest in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if redis.call('EXISTS', prefix .. digest) == 0 then redis.call('ZREM', KEYS[2], digest) end
@@ -168,7 +176,7 @@ over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[5]) + 1
 if over > 0 then end_oldest(KEYS[3], over) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 for _, set in ipairs({KEYS[2], KEYS[3]}) do
-  redis.call('ZADD', set, now, ARGV[1])
+  redis.call('ZADD', set, next_score(set), ARGV[1])
   redis.call('PEXPIRE', set, ttl)
 end
 redis.call('SADD', KEYS[4], ARGV[1])
