@@ -46,7 +46,7 @@ PREDICTD_POLL = "/v1/predictions/{id}"
 # the floor, in predictd's venv, runs predictd's own HTTP protocol too (a response's head and body in one
 # write); the FastAPI + Celery stack, in a venv of its own, runs uvicorn's httptools protocol it is built on.
 UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
-FLOOR_HTTP = "predictd.api.http_protocol:CoalescingHttpToolsProtocol"
+FLOOR_HTTP = "predictd.api.connection.protocol:CoalescingHttpToolsProtocol"
 
 
 @dataclass

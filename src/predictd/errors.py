@@ -54,7 +54,7 @@ class ErrorId(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_SETUP_FAILED = "MODEL_SETUP_FAILED"
-    # Refused by the HTTP connection itself, before any route runs (api/http_protocol.py).
+    # Refused by the HTTP connection itself, before any route runs (api/connection/protocol.py).
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     URI_TOO_LONG = "URI_TOO_LONG"
     REQUEST_HEADERS_TOO_LARGE = "REQUEST_HEADERS_TOO_LARGE"

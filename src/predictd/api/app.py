@@ -19,24 +19,16 @@ from .._version import __version__
 from ..config.settings import Settings
 from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
-from ..webhooks import Renderer
-from . import account, admin, console, fashn, native, outputs
+from . import account, admin, console, outputs, surfaces
 from .context import RequestContext
-from .fast import FastRoutes
 from .responses import JSONResponse
 from .state import Deployment, StartDeployment, deployment_of, request_id_of
-from .surface import surface_for
 
 log = structlog.get_logger("predictd.api")
 
 
-# The wire-compatible APIs this app serves. Each declares its routes, error bodies, status names, webhook
-# payloads and fast-lane routes (see surface.py); nothing below names one.
-SURFACES = (native.SURFACE, fashn.SURFACE)
-
-
 def _render(request: Request, error: ApiError) -> Response:
-    return surface_for(SURFACES, request.url.path).render_error(request, error)
+    return surfaces.error_response(request.url.path, error, request_id_of(request))
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
@@ -64,7 +56,7 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
     request_id = request_id_of(request)
     if isinstance(exc, ClientDisconnect):
         # The client left while its body was read, or the connection cut it off (a body too slow, see
-        # http_protocol.py): nothing failed here, and the answer below goes nowhere.
+        # connection/protocol.py): nothing failed here, and the answer below goes nowhere.
         log.info("client left before its request was read", request_id=request_id, path=request.url.path)
     else:
         log.error("unhandled error", request_id=request_id, path=request.url.path, exc_info=exc)
@@ -75,16 +67,6 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
     # Starlette's error layer answers a routed request's unhandled errors before RequestContext sees them.
     response.headers["x-request-id"] = request_id
     return response
-
-
-WEBHOOK_RENDERERS: dict[str, Renderer] = {s.name: s.webhook_body for s in SURFACES}
-
-
-def _fast_routes() -> FastRoutes:
-    return FastRoutes(
-        [route for s in SURFACES for route in s.fast_routes()],
-        answers_now={endpoint: now for s in SURFACES for endpoint, now in s.answers_now.items()},
-    )
 
 
 class PredictdApp(FastAPI):
@@ -114,7 +96,7 @@ def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        deployment = await start(settings, metrics, WEBHOOK_RENDERERS)
+        deployment = await start(settings, metrics, surfaces.WEBHOOK_RENDERERS)
         assert isinstance(app, PredictdApp)
         app.deployment = deployment
         log.info("predictd ready", models=[m.slug for m in deployment.usecases.models.list() if m.available])
@@ -129,7 +111,7 @@ def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
             max_body_bytes=settings.max_body_bytes,
             metrics=metrics,
             on_unhandled=_on_unhandled,
-            fast_routes=_fast_routes(),
+            fast_routes=surfaces.fast_routes(),
             render_error=_render,
         ),
         title="predictd",
@@ -141,7 +123,7 @@ def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
         # global providers on every request (and trace every dependency) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    for surface in SURFACES:
+    for surface in surfaces.SURFACES:
         app.include_router(surface.router)
     app.include_router(outputs.router)
     app.include_router(account.router)

@@ -22,7 +22,7 @@ from .auth import authenticated, caller_region
 from .fast import status_answer_now
 from .outputs import public_output
 from .responses import JSONResponse, base_url, base_url_of, retry_headers
-from .state import request_id_of, usecases_of
+from .state import usecases_of
 from .surface import Surface
 
 router = APIRouter(prefix="/v1", tags=["predictions (FASHN surface)"])
@@ -86,10 +86,6 @@ def error_response(error: ApiError, request_id: str) -> JSONResponse:
         status_code=spec.fashn_status,
         headers=retry_headers(error),
     )
-
-
-def render_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error, request_id_of(request))
 
 
 def serves(path: str) -> bool:
@@ -216,7 +212,7 @@ SURFACE = Surface(
     name="fashn",
     router=router,
     statuses=STATUSES,
-    render_error=render_error,
+    error_response=error_response,
     webhook_body=lambda prediction, base_url, event: status_body(prediction, base_url),
     claims=serves,
     fast_endpoints=(run, status),

@@ -476,10 +476,6 @@ async def get_model_plural(
     return await _model(slug, request)
 
 
-def render_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error, request_id_of(request))
-
-
 # -- webhooks and streams -----------------------------------------------------------------------------------
 
 
@@ -634,7 +630,7 @@ SURFACE = Surface(
     name="native",
     router=router,
     statuses=NATIVE_STATUS,
-    render_error=render_error,
+    error_response=error_response,
     webhook_body=_webhook_body,
     claims=None,  # the errors of every path no other surface claims
     fast_endpoints=(create_prediction, predict, get_prediction),

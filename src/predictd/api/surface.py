@@ -1,19 +1,20 @@
 """An API surface as a declared thing: its routes, its error bodies, its status vocabulary, its webhook
-payloads and its fast-lane routes, registered once (see ``app.SURFACES``). A third wire-compatible API is
+payloads and its fast-lane routes, registered once (see ``surfaces.py``). A third wire-compatible API is
 one more ``Surface``, not edits across the app."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
+from starlette.responses import Response
 
 from ..core.domain import Status
+from ..errors import ApiError
 from ..webhooks import Renderer
-from .context import ErrorRenderer
 from .fast import AnswerNow
 
 
@@ -22,7 +23,7 @@ class Surface:
     name: str  # as webhook targets record it: the payloads of a prediction are rendered by its surface
     router: APIRouter
     statuses: Mapping[Status, str]  # how this surface names each internal state
-    render_error: ErrorRenderer
+    error_response: Callable[[ApiError, str], Response]  # an error's answer, given the request's id
     webhook_body: Renderer
     # The paths whose errors this surface renders (a 404 for an unknown path included); None: every path
     # that no other surface claims.
@@ -36,15 +37,3 @@ class Surface:
         ]
         assert len(routes) == len(self.fast_endpoints), f"{self.name}: every fast endpoint is a route"
         return routes
-
-
-def surface_for(surfaces: Sequence[Surface], path: str) -> Surface:
-    """The surface that renders errors on ``path``."""
-    fallback = None
-    for surface in surfaces:
-        if surface.claims is None:
-            fallback = surface
-        elif surface.claims(path):
-            return surface
-    assert fallback is not None, "one surface renders the errors of unclaimed paths"
-    return fallback

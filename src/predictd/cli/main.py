@@ -157,8 +157,8 @@ def serve(
     import uvicorn
 
     from ..api.app import create_app
-    from ..api.http_guard import open_file_shortfall
-    from ..api.http_protocol import guarded
+    from ..api.connection.guard import open_file_shortfall
+    from ..api.connection.protocol import guarded
     from ..deploy.start import start_deployment
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
@@ -211,7 +211,7 @@ def worker(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run models for a scaled-out deployment: take predictions from Redis, store outcomes in the database."""
-    from ..api.app import WEBHOOK_RENDERERS
+    from ..api.surfaces import WEBHOOK_RENDERERS
 
     settings = _settings(log_level=log_level, database_url=database, redis_url=redis)
     if not settings.scaled_out or settings.database_url is None:

@@ -303,7 +303,7 @@ class ModerationSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """Limits the HTTP connection enforces before any route runs (api/http_protocol.py). Each answers
+    """Limits the HTTP connection enforces before any route runs (api/connection/protocol.py). Each answers
     with its own status: 414 and 431 for an oversized head, 408 for a head or body that does not arrive
     in time, 503 for a connection beyond the caps."""
 

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import structlog
 
-from ..config.settings import Settings
-from ..errors import ApiError, ErrorId
+from ...config.settings import Settings
+from ...errors import ApiError, ErrorId
 
 log = structlog.get_logger("predictd.http")
 

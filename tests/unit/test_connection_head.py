@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from predictd.api.http_guard import client_key
-from predictd.api.http_head import HeadMeter, Oversize
+from predictd.api.connection.guard import client_key
+from predictd.api.connection.head import HeadMeter, Oversize
 from predictd.config.settings import HttpSettings
 from predictd.errors import ErrorId
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..config.settings import HttpSettings
-from ..errors import ApiError, ErrorId
+from ...config.settings import HttpSettings
+from ...errors import ApiError, ErrorId
 
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 

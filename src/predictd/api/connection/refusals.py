@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from ..errors import ApiError
-from . import fashn, native
-from .context import new_request_id
+from ...errors import ApiError
+from .. import surfaces
+from ..context import new_request_id
 
 
 def refusal(error: ApiError, path: str, default_headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     """The whole answer to write before closing the connection."""
     request_id = new_request_id()
-    render = fashn.error_response if fashn.serves(path) else native.error_response
-    response = render(error, request_id)
+    response = surfaces.error_response(path, error, request_id)
     status = response.status_code
     head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))]
     headers = (

@@ -16,11 +16,11 @@ from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..config.settings import Settings
-from ..errors import ApiError, ErrorId
-from .http_guard import ConnectionGuard
-from .http_head import HeadMeter, too_many_headers
-from .http_refusals import refusal
+from ...config.settings import Settings
+from ...errors import ApiError, ErrorId
+from .guard import ConnectionGuard
+from .head import HeadMeter, too_many_headers
+from .refusals import refusal
 
 
 class _Coalescing:
@@ -83,7 +83,7 @@ class _Refused(Exception):
 
 class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     """The coalescing protocol, with the ``[http]`` limits: connections counted in by the server's guard,
-    a request's head measured as it arrives (``http_head``), and each phase's deadline checked at the
+    a request's head measured as it arrives (``head``), and each phase's deadline checked at the
     guard's tick (``expire``). Made for one server by ``guarded``."""
 
     guard: ClassVar[ConnectionGuard]
