@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from ..core.domain import LedgerEntry, Plan, Principal, from_micros
+from ..core.domain import Principal, from_micros
 from ..errors import ErrorId
 from . import fashn, native, parsing
 from .auth import authenticated
@@ -16,29 +14,6 @@ from .responses import JSONResponse
 from .state import usecases_of
 
 router = APIRouter(prefix="/v1", tags=["account"])
-
-
-def plan_body(plan: Plan) -> dict[str, Any]:
-    return {
-        "name": plan.name,
-        "models": list(plan.models),
-        "rate_limit": plan.rate_limit,
-        "rate_window_s": plan.rate_window_s,
-        "key_rate_limit": plan.key_rate_limit,
-        "concurrency_limit": plan.concurrency_limit,
-        "prepaid": plan.prepaid,
-    }
-
-
-def entry_body(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "kind": entry.kind,
-        "amount": from_micros(entry.amount_micros),
-        "prediction_id": entry.prediction_id,
-        "note": entry.note,
-        "created_at": entry.created_at.isoformat().replace("+00:00", "Z"),
-    }
 
 
 @router.get(
@@ -54,7 +29,7 @@ async def account(request: Request, principal: Principal = Depends(authenticated
             "id": principal.account.id,
             "name": principal.account.name,
             "status": principal.account.status.value,
-            "plan": plan_body(principal.plan),
+            "plan": principal.plan.as_dict(),
             "disabled_models": list(principal.account.disabled_models),
             "credits": credits.as_dict(),
             "in_flight": await own.in_flight(principal),
@@ -84,7 +59,7 @@ async def ledger(request: Request, principal: Principal = Depends(authenticated)
     before = request.query_params.get("before")
     before_id = parsing.positive_int("before", before, 1) if before is not None else None
     entries = await usecases_of(request).account.ledger(principal, limit, before_id)
-    return JSONResponse({"data": [entry_body(e) for e in entries]})
+    return JSONResponse({"data": [e.as_dict() for e in entries]})
 
 
 @router.get("/credits", summary="Credits (FASHN path)", responses=fashn._errors())

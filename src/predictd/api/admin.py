@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from ..core.domain import Account, Plan
+from ..core.domain import Plan
 from ..errors import ApiError, ErrorId
 from ..usecases.administration import Administration
 from . import parsing
-from .account import plan_body
 from .auth import presented_key
 from .responses import JSONResponse
 from .state import deployment_of
@@ -30,17 +29,6 @@ async def administration(request: Request) -> Administration:
     return deployment_of(request).usecases.administration
 
 
-def account_body(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.id,
-        "name": account.name,
-        "status": account.status.value,
-        "status_reason": account.status_reason,
-        "plan": account.plan,
-        "disabled_models": list(account.disabled_models),
-    }
-
-
 async def _json(request: Request) -> dict[str, Any]:
     parsing.require_json_content_type(request.headers.get("content-type"))
     return parsing.parse_json_object(await request.body())
@@ -48,7 +36,7 @@ async def _json(request: Request) -> dict[str, Any]:
 
 @router.get("/accounts")
 async def list_accounts(admin: Administration = Depends(administration)) -> JSONResponse:
-    return JSONResponse({"data": [account_body(a) for a in await admin.list_accounts()]})
+    return JSONResponse({"data": [a.as_dict() for a in await admin.list_accounts()]})
 
 
 @router.post("/accounts", status_code=201)
@@ -57,13 +45,13 @@ async def create_account(request: Request, admin: Administration = Depends(admin
     parsing.require_fields(body, "name")
     name = parsing.expect_type(body, "name", str, "a string")
     plan = parsing.expect_type(body, "plan", str, "a plan name")
-    return JSONResponse(account_body(await admin.create_account(name, plan)), status_code=201)
+    return JSONResponse((await admin.create_account(name, plan)).as_dict(), status_code=201)
 
 
 @router.get("/accounts/{name}")
 async def get_account(name: str, admin: Administration = Depends(administration)) -> JSONResponse:
     found = await admin.credits(name)
-    return JSONResponse({**account_body(found.account), "credits": found.credits.as_dict()})
+    return JSONResponse({**found.account.as_dict(), "credits": found.credits.as_dict()})
 
 
 @router.post("/accounts/{name}/keys", status_code=201)
@@ -82,12 +70,12 @@ async def suspend(
 ) -> JSONResponse:
     body = await _json(request)
     reason = parsing.expect_type(body, "reason", str, "a string")
-    return JSONResponse(account_body(await admin.set_status(name, True, reason)))
+    return JSONResponse((await admin.set_status(name, True, reason)).as_dict())
 
 
 @router.post("/accounts/{name}/unsuspend")
 async def unsuspend(name: str, admin: Administration = Depends(administration)) -> JSONResponse:
-    return JSONResponse(account_body(await admin.set_status(name, False)))
+    return JSONResponse((await admin.set_status(name, False)).as_dict())
 
 
 @router.put("/accounts/{name}/plan")
@@ -96,7 +84,7 @@ async def set_plan(
 ) -> JSONResponse:
     body = await _json(request)
     plan = parsing.expect_type(body, "plan", str, "a plan name or null")
-    return JSONResponse(account_body(await admin.set_plan(name, plan)))
+    return JSONResponse((await admin.set_plan(name, plan)).as_dict())
 
 
 @router.put("/accounts/{name}/models/{model}")
@@ -106,7 +94,7 @@ async def set_model(
     body = await _json(request)
     parsing.require_fields(body, "enabled")
     enabled = parsing.expect_type(body, "enabled", bool, "true or false")
-    return JSONResponse(account_body(await admin.set_model_enabled(name, model, enabled)))
+    return JSONResponse((await admin.set_model_enabled(name, model, enabled)).as_dict())
 
 
 @router.post("/accounts/{name}/credits")
@@ -124,7 +112,7 @@ async def add_credits(
 
 @router.get("/plans")
 async def list_plans(admin: Administration = Depends(administration)) -> JSONResponse:
-    return JSONResponse({"data": [plan_body(p) for p in await admin.list_plans()]})
+    return JSONResponse({"data": [p.as_dict() for p in await admin.list_plans()]})
 
 
 @router.put("/plans/{name}")
@@ -150,4 +138,4 @@ async def put_plan(
         concurrency_limit=parsing.expect_type(body, "concurrency_limit", int, "an integer"),
         prepaid=bool(parsing.expect_type(body, "prepaid", bool, "true or false")),
     )
-    return JSONResponse(plan_body(await admin.put_plan(plan)))
+    return JSONResponse((await admin.put_plan(plan)).as_dict())

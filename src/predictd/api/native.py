@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Scope
 
-from ..core.domain import NATIVE_STATUS, ModelInfo, Prediction, Principal
+from ..core.domain import NATIVE_STATUS, ModelInfo, Prediction, Principal, iso_utc
 from ..errors import API_ERRORS, ApiError, ErrorId, runtime_spec
 from ..usecases.admission import SubmitRequest
 from ..usecases.predictions import DEFAULT_PER_PAGE, MAX_PER_PAGE
@@ -107,10 +106,6 @@ def _errors(*ids: ErrorId) -> dict[int | str, dict[str, Any]]:
 # -- bodies ------------------------------------------------------------------------------------------------
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
     url = f"{base_url}v1/predictions/{prediction.id}"
     error_spec = runtime_spec(prediction.error_name) if prediction.error_name else None
@@ -132,9 +127,9 @@ def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
         "data_removed": prediction.data_removed,
         "credits_used": prediction.credits_used if prediction.terminal else None,
         "metrics": {"predict_time": predict_time, "total_time": prediction.total_time},
-        "created_at": _iso(prediction.created_at),
-        "started_at": _iso(prediction.started_at),
-        "completed_at": _iso(prediction.completed_at),
+        "created_at": iso_utc(prediction.created_at),
+        "started_at": iso_utc(prediction.started_at),
+        "completed_at": iso_utc(prediction.completed_at),
         "urls": {
             "get": url,
             "cancel": f"{url}/cancel",
@@ -292,7 +287,21 @@ _STREAM_DOC = {
 }
 
 
-async def _submit(request: Request, principal: Principal) -> JSONResponse:
+@router.post(
+    "/predictions",
+    summary="Create a prediction",
+    status_code=201,
+    openapi_extra=_SUBMIT_DOC,
+    responses=_SUBMIT_RESPONSES,
+)
+@router.post(
+    "/predict",
+    summary="Create a prediction (Skytells SDK path)",
+    status_code=201,
+    openapi_extra=_SUBMIT_DOC,
+    responses=_SUBMIT_RESPONSES,
+)
+async def create_prediction(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     parsing.require_json_content_type(request.headers.get("content-type"))
     body = parsing.parse_json_object(await request.body())
     parsing.require_fields(body, "model", "input")
@@ -324,28 +333,6 @@ async def _submit(request: Request, principal: Principal) -> JSONResponse:
     return JSONResponse(
         prediction_body(prediction, base), status_code=200 if submission.replayed else 201, headers=headers
     )
-
-
-@router.post(
-    "/predictions",
-    summary="Create a prediction",
-    status_code=201,
-    openapi_extra=_SUBMIT_DOC,
-    responses=_SUBMIT_RESPONSES,
-)
-async def create_prediction(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
-    return await _submit(request, principal)
-
-
-@router.post(
-    "/predict",
-    summary="Create a prediction (Skytells SDK path)",
-    status_code=201,
-    openapi_extra=_SUBMIT_DOC,
-    responses=_SUBMIT_RESPONSES,
-)
-async def predict(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
-    return await _submit(request, principal)
 
 
 @router.get(
@@ -412,31 +399,21 @@ async def cancel_prediction(
     return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
-async def _delete(prediction_id: str, request: Request, principal: Principal) -> JSONResponse:
-    prediction = await usecases_of(request).predictions.delete(principal, prediction_id)
-    return JSONResponse(prediction_body(prediction, base_url_of(request)))
-
-
 @router.delete(
     "/predictions/{prediction_id}/delete",
+    summary="Delete a prediction's inputs and outputs",
+    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
+)
+@router.delete(
+    "/predictions/{prediction_id}",
     summary="Delete a prediction's inputs and outputs",
     responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
 )
 async def delete_prediction(
     prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    return await _delete(prediction_id, request, principal)
-
-
-@router.delete(
-    "/predictions/{prediction_id}",
-    summary="Delete a prediction's inputs and outputs",
-    responses=_errors(ErrorId.PREDICTION_NOT_FOUND),
-)
-async def delete_prediction_plain(
-    prediction_id: str, request: Request, principal: Principal = Depends(authenticated)
-) -> JSONResponse:
-    return await _delete(prediction_id, request, principal)
+    prediction = await usecases_of(request).predictions.delete(principal, prediction_id)
+    return JSONResponse(prediction_body(prediction, base_url_of(request)))
 
 
 @router.get(
@@ -447,13 +424,14 @@ async def list_models(request: Request, _principal: Principal = Depends(authenti
     return JSONResponse([model_body(info, fields) for info in usecases_of(request).models.list()])
 
 
-async def _model(slug: str, request: Request) -> JSONResponse:
-    fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
-    return JSONResponse(model_body(usecases_of(request).models.get(slug), fields))
-
-
 @router.get(
     "/model/{slug}",
+    summary="Get a model",
+    openapi_extra=_FIELDS_DOC,
+    responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
+)
+@router.get(
+    "/models/{slug}",
     summary="Get a model",
     openapi_extra=_FIELDS_DOC,
     responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
@@ -461,19 +439,8 @@ async def _model(slug: str, request: Request) -> JSONResponse:
 async def get_model(
     slug: str, request: Request, _principal: Principal = Depends(authenticated)
 ) -> JSONResponse:
-    return await _model(slug, request)
-
-
-@router.get(
-    "/models/{slug}",
-    summary="Get a model",
-    openapi_extra=_FIELDS_DOC,
-    responses=_errors(ErrorId.MODEL_NOT_FOUND, ErrorId.INVALID_PARAMETER),
-)
-async def get_model_plural(
-    slug: str, request: Request, _principal: Principal = Depends(authenticated)
-) -> JSONResponse:
-    return await _model(slug, request)
+    fields = parsing.csv_choice("fields", request.query_params.get("fields"), MODEL_FIELDS)
+    return JSONResponse(model_body(usecases_of(request).models.get(slug), fields))
 
 
 # -- webhooks and streams -----------------------------------------------------------------------------------
@@ -497,15 +464,15 @@ async def list_webhook_deliveries(
                     "url": d.url,
                     "status": d.status,
                     "attempts": d.attempts,
-                    "next_attempt_at": _iso(d.next_attempt_at) if d.status == "pending" else None,
-                    "created_at": _iso(d.created_at),
-                    "delivered_at": _iso(d.delivered_at),
+                    "next_attempt_at": iso_utc(d.next_attempt_at) if d.status == "pending" else None,
+                    "created_at": iso_utc(d.created_at),
+                    "delivered_at": iso_utc(d.delivered_at),
                     "last_status_code": d.last_status_code,
                     "last_error": d.last_error,
                     "history": [
                         {
                             "attempt": a.attempt,
-                            "at": _iso(a.at),
+                            "at": iso_utc(a.at),
                             "status_code": a.status_code,
                             "error": a.error,
                             "duration_ms": round(a.duration_ms, 1),
@@ -633,6 +600,6 @@ SURFACE = Surface(
     error_response=error_response,
     webhook_body=_webhook_body,
     claims=None,  # the errors of every path no other surface claims
-    fast_endpoints=(create_prediction, predict, get_prediction),
+    fast_endpoints=(create_prediction, get_prediction),
     answers_now={get_prediction: status_answer_now(_status_response)},
 )

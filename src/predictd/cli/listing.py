@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import typer
 
-from ..core.domain import Account, ApiKey, LedgerEntry, Plan, from_micros
+from ..core.domain import ApiKey, iso_utc
 
 
 def print_columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
@@ -26,51 +25,12 @@ def print_json_lines(records: Iterable[dict[str, Any]]) -> None:
         typer.echo(json.dumps(record, ensure_ascii=False))
 
 
-def _when(at: datetime | None) -> str | None:
-    return at.isoformat() if at else None
-
-
-def account_record(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.id,
-        "name": account.name,
-        "status": account.status.value,
-        "status_reason": account.status_reason,
-        "plan": account.plan,
-        "disabled_models": list(account.disabled_models),
-        "created_at": _when(account.created_at),
-    }
-
-
 def key_record(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
         "account_id": key.account_id,
         "prefix": key.prefix,
         "label": key.label,
-        "created_at": _when(key.created_at),
-        "revoked_at": _when(key.revoked_at),
-    }
-
-
-def plan_record(plan: Plan) -> dict[str, Any]:
-    return {
-        "name": plan.name,
-        "models": list(plan.models),
-        "rate_limit": plan.rate_limit,
-        "rate_window_s": plan.rate_window_s,
-        "key_rate_limit": plan.key_rate_limit,
-        "concurrency_limit": plan.concurrency_limit,
-        "prepaid": plan.prepaid,
-    }
-
-
-def ledger_record(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "kind": entry.kind,
-        "amount": from_micros(entry.amount_micros),
-        "prediction_id": entry.prediction_id,
-        "note": entry.note,
-        "created_at": _when(entry.created_at),
+        "created_at": iso_utc(key.created_at),
+        "revoked_at": iso_utc(key.revoked_at),
     }

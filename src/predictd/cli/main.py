@@ -23,10 +23,7 @@ from ..usecases.administration import Administration
 from .client import predict, predictions_app
 from .demo_key import keep_demo_key, kept_demo_key
 from .listing import (
-    account_record,
     key_record,
-    ledger_record,
-    plan_record,
     print_columns,
     print_json_lines,
 )
@@ -344,7 +341,7 @@ def accounts_list(as_json: JsonOption = False) -> None:
     """List the accounts: id, name, status, plan, disabled models, created."""
     found = _admin(lambda admin: admin.list_accounts())
     if as_json:
-        print_json_lines(account_record(account) for account in found)
+        print_json_lines(account.as_dict() for account in found)
         return
     print_columns(
         ("id", "name", "status", "plan", "disabled models", "created"),
@@ -434,7 +431,7 @@ def plans_list(as_json: JsonOption = False) -> None:
     """List the plans: name, models, rate per account and per key, concurrency, prepaid."""
     found = _admin(lambda admin: admin.list_plans())
     if as_json:
-        print_json_lines(plan_record(plan) for plan in found)
+        print_json_lines(plan.as_dict() for plan in found)
         return
     print_columns(
         ("name", "models", "rate", "per key", "concurrency", "prepaid"),
@@ -487,9 +484,9 @@ def credits_show(
         print_json_lines(
             [
                 {
-                    "account": account_record(found.account),
+                    "account": found.account.as_dict(),
                     "credits": found.credits.as_dict(),
-                    "ledger": [ledger_record(entry) for entry in found.ledger],
+                    "ledger": [entry.as_dict() for entry in found.ledger],
                 }
             ]
         )

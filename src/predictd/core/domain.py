@@ -65,6 +65,11 @@ def new_id(prefix: str = "") -> str:
     return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
+def iso_utc(moment: datetime | None) -> str | None:
+    """A moment as the wire writes it: ISO 8601 with ``Z`` for UTC."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
 class AccountStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
@@ -83,6 +88,17 @@ class Account:
     # so that authenticating costs one query); None when not read or when no such plan exists.
     plan_details: Plan | None = field(default=None, compare=False, repr=False)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "plan": self.plan,
+            "disabled_models": list(self.disabled_models),
+            "created_at": iso_utc(self.created_at),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -98,6 +114,17 @@ class Plan:
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "models": list(self.models),
+            "rate_limit": self.rate_limit,
+            "rate_window_s": self.rate_window_s,
+            "key_rate_limit": self.key_rate_limit,
+            "concurrency_limit": self.concurrency_limit,
+            "prepaid": self.prepaid,
+        }
 
 
 MICROS = 1_000_000
@@ -136,6 +163,16 @@ class LedgerEntry:
     prediction_id: str | None
     note: str | None
     created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "amount": from_micros(self.amount_micros),
+            "prediction_id": self.prediction_id,
+            "note": self.note,
+            "created_at": iso_utc(self.created_at),
+        }
 
 
 class CreditsRefused(Exception):
@@ -289,13 +326,9 @@ class WebhookAttempt:
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookDelivery:
-    id: str
-    prediction_id: str
-    account_id: str
-    event: str
-    url: str
-    payload: dict[str, Any]
+class WebhookDelivery(NewDelivery):
+    """A webhook in the outbox, with how its delivery went so far."""
+
     status: str  # pending | delivered | failed | disabled
     attempts: int
     next_attempt_at: datetime | None

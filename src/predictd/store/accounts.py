@@ -104,14 +104,7 @@ class SqlAccounts:
     # -- plans ---------------------------------------------------------------------------------------------
 
     async def put_plan(self, plan: Plan) -> Plan:
-        values = {
-            "models": list(plan.models),
-            "rate_limit": plan.rate_limit,
-            "rate_window_s": plan.rate_window_s,
-            "key_rate_limit": plan.key_rate_limit,
-            "concurrency_limit": plan.concurrency_limit,
-            "prepaid": plan.prepaid,
-        }
+        values = {column: value for column, value in plan.as_dict().items() if column != "name"}
         async with self.engine.begin() as conn:
             done = await conn.execute(update(plans).where(plans.c.name == plan.name).values(**values))
             if not done.rowcount:
