@@ -56,6 +56,7 @@ def mint_key(data_dir: Path, env: dict[str, str], account: str = "bench") -> str
             "predictd",
             "--data-dir",
             str(data_dir),
+            "--create-database",  # a fresh data folder: the server has not made its database yet
             "keys",
             "create",
             "--account",

@@ -21,6 +21,7 @@ from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
 from . import account, admin, console, outputs, surfaces
 from .context import RequestContext
+from .rendered import RenderedBodies
 from .responses import JSONResponse
 from .state import Deployment, StartDeployment, deployment_of, request_id_of
 
@@ -78,9 +79,12 @@ class PredictdApp(FastAPI):
     # answers through __getattr__, about 3 us per read, twice or more per request).
     deployment: Deployment
 
-    def __init__(self, context: Callable[[ASGIApp], RequestContext], **kwargs: Any) -> None:
+    def __init__(
+        self, context: Callable[[ASGIApp], RequestContext], status_bodies: RenderedBodies, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.context = context(self._whole_stack)
+        self.status_bodies = status_bodies
 
     async def _whole_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
@@ -93,6 +97,8 @@ class PredictdApp(FastAPI):
 def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
     """The app of one server; ``start`` assembles the deployment it runs on (deploy.start_deployment)."""
     metrics = Metrics()
+    status_bodies = RenderedBodies(settings.cache.status_bytes)
+    metrics.watch_cache("status_bodies", lambda: status_bodies.held_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,6 +120,7 @@ def create_app(settings: Settings, start: StartDeployment) -> FastAPI:
             fast_routes=surfaces.fast_routes(),
             render_error=_render,
         ),
+        status_bodies,
         title="predictd",
         version=__version__,
         summary="Self-hostable prediction API, wire-compatible with the Skytells and FASHN APIs.",

@@ -9,7 +9,7 @@ How a request travels it (``context.RequestContext`` asks ``FastRoutes.match`` f
    runs, which gives every refusal.
 3. The route's answer-now companion (``Surface.answers_now``, built by ``status_answer_now``): the
    prediction as the store remembers it, provably current, rendered to bytes reused while the store hands
-   out the same object (``RenderedBodies``). A polled status read is then a few dictionary lookups: no
+   out the same object (``RenderedBodies``, rendered.py). A polled status read is a few dictionary lookups: no
    Request, no coroutine chain, no Response round trip through the ASGI layers.
 4. Whatever memory cannot answer, the route's endpoint answers (``FastRoutes.call``), so that every refusal
    still has one source; its ApiError is rendered by the app's own handler.
@@ -20,14 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from fastapi.routing import APIRoute
 from starlette.convertors import StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..core.bounded import put_bounded
 from ..core.domain import Prediction, Principal
 from .auth import authenticated, key_in
 from .state import usecases_in
@@ -69,26 +67,6 @@ class RenderedJSON(Response):
             (b"content-length", str(len(body)).encode("latin-1")),
             (b"content-type", b"application/json"),
         ]
-
-
-class RenderedBodies:
-    """The JSON of each prediction's latest rendering, reused while the store hands out the same
-    ``Prediction`` object for it: the SQLite store keeps returning one object until the row changes, and a
-    changed row is always a new object. Holding the object itself (compared with ``is``) makes the check
-    exact. Polling clients read the same unchanged prediction many times over."""
-
-    def __init__(self, render: Callable[[Prediction, str], dict[str, Any]], limit: int = 4096) -> None:
-        self._render = render
-        self._limit = limit
-        self._bodies: dict[str, tuple[Prediction, str, bytes]] = {}
-
-    def json(self, prediction: Prediction, base_url: str) -> bytes:
-        found = self._bodies.get(prediction.id)
-        if found is not None and found[0] is prediction and found[1] == base_url:
-            return found[2]
-        body = orjson.dumps(self._render(prediction, base_url), option=orjson.OPT_NON_STR_KEYS)
-        put_bounded(self._bodies, prediction.id, (prediction, base_url, body), self._limit)
-        return body
 
 
 class FastRoutes:

@@ -25,10 +25,11 @@ from ..usecases.predictions import DEFAULT_PER_PAGE, MAX_PER_PAGE
 from ..webhooks import native_target
 from . import parsing
 from .auth import authenticated, caller_region
-from .fast import RenderedBodies, RenderedJSON, status_answer_now
+from .fast import RenderedJSON, status_answer_now
+from .listing import elided_list
 from .outputs import public_output
 from .responses import JSONResponse, base_url, base_url_of, retry_headers
-from .state import deployment_of, request_id_of, usecases_of
+from .state import deployment_of, request_id_of, status_bodies_in, usecases_of
 from .surface import Surface
 
 router = APIRouter(prefix="/v1", tags=["predictions (Skytells surface)"])
@@ -137,9 +138,6 @@ def prediction_body(prediction: Prediction, base_url: str) -> dict[str, Any]:
             "delete": f"{url}/delete",
         },
     }
-
-
-_STATUS_BODIES = RenderedBodies(prediction_body)
 
 
 def model_body(info: ModelInfo, fields: frozenset[str]) -> dict[str, Any]:
@@ -338,6 +336,9 @@ async def create_prediction(request: Request, principal: Principal = Depends(aut
 @router.get(
     "/predictions",
     summary="List predictions",
+    description="Newest first. An `input` or `output` too large for a list (`[lists]` settings: over 64 KiB "
+    "of JSON, or past 2 MiB for the page's inputs and outputs together) reads `null` there, with "
+    "`input_elided` / `output_elided` true; `urls.get` answers the prediction whole.",
     openapi_extra=_LIST_DOC,
     responses=_errors(ErrorId.INVALID_PARAMETER, ErrorId.INVALID_DATE_FORMAT, ErrorId.INVALID_DATE_RANGE),
 )
@@ -358,9 +359,12 @@ async def list_predictions(request: Request, principal: Principal = Depends(auth
         principal, page=page, per_page=per_page, model=model, since=since, until=until
     )
     base = base_url_of(request)
+    lists = deployment_of(request).settings.lists
     return JSONResponse(
         {
-            "data": [prediction_body(p, base) for p in result.items],
+            "data": elided_list(
+                (prediction_body(p, base) for p in result.items), lists.field_max_bytes, lists.max_bytes
+            ),
             "pagination": {
                 "current_page": result.page,
                 "per_page": result.per_page,
@@ -384,7 +388,7 @@ async def get_prediction(
 
 
 def _status_response(prediction: Prediction, scope: Scope) -> RenderedJSON:
-    return RenderedJSON(_STATUS_BODIES.json(prediction, base_url(scope)))
+    return RenderedJSON(status_bodies_in(scope).json(prediction, base_url(scope), prediction_body))
 
 
 @router.post(

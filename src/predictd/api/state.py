@@ -17,6 +17,7 @@ from ..media.outputs import LocalOutputs
 from ..telemetry.metrics import Metrics
 from ..usecases import UseCases
 from ..webhooks import Renderer
+from .rendered import RenderedBodies
 
 if TYPE_CHECKING:  # only scaled-out deployments keep console sessions in Redis
     from redis.asyncio import Redis
@@ -43,7 +44,9 @@ StartDeployment = Callable[[Settings, Metrics, dict[str, Renderer]], Awaitable[D
 
 
 class _Serving(Protocol):
-    deployment: Deployment  # api.app.PredictdApp, which imports this module
+    # api.app.PredictdApp, which imports this module
+    deployment: Deployment
+    status_bodies: RenderedBodies
 
 
 def deployment_in(scope: Scope) -> Deployment:
@@ -52,6 +55,11 @@ def deployment_in(scope: Scope) -> Deployment:
 
 def deployment_of(request: Request) -> Deployment:
     return deployment_in(request.scope)
+
+
+def status_bodies_in(scope: Scope) -> RenderedBodies:
+    """The app's rendered status bodies (one per app: its byte budget is the app's)."""
+    return cast(_Serving, scope["app"]).status_bodies
 
 
 def usecases_of(request: Request) -> UseCases:

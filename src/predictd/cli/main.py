@@ -15,6 +15,7 @@ from rich.markup import escape
 from .._version import __version__
 from ..config.settings import BUILTIN_MODELS, Settings, load_settings
 from ..core.domain import Plan, from_micros
+from ..deploy.memory import give_back_large_blocks
 from ..deploy.operator import Absence, database_absence, run_administration, shown_url
 from ..deploy.private_files import keep_private
 from ..errors import ApiError
@@ -160,6 +161,7 @@ def serve(
 
     settings = _settings(host=host, port=port, log_level=log_level, database_url=database, redis_url=redis)
     configure_logging(settings.log_level, settings.log_json)
+    give_back_large_blocks()
     keep_private(settings.data_dir)
     shortfall = open_file_shortfall(settings)
     if shortfall:
@@ -215,6 +217,7 @@ def worker(
         err.print("[red]predictd worker needs --database and --redis[/red] (the deployment's shared state)")
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
+    give_back_large_blocks()
     keep_private(settings.data_dir)
     only = [slug.strip() for slug in models.split(",") if slug.strip()] if models else None
     try:

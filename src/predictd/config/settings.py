@@ -355,6 +355,49 @@ class HttpSettings(BaseModel):
     )
 
 
+class CacheSettings(BaseModel):
+    """What one server process keeps of predictions in memory to answer status reads without the database
+    (the remembered rows of embedded mode's SQLite store, the rendered bodies of status reads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of predictions (inputs and outputs counted as their JSON) that a server process "
+        "keeps in memory, all its caches together (half the store's remembered rows, half the rendered "
+        "status bodies); past it the oldest go. A prediction weighing more than about a sixteenth of it "
+        "is not kept (0: none is). Reported as the `predictd_cache_bytes` gauge of /metrics.",
+    )
+
+    @property
+    def store_bytes(self) -> int:
+        return self.max_bytes // 2
+
+    @property
+    def status_bytes(self) -> int:
+        return self.max_bytes - self.store_bytes
+
+
+class ListSettings(BaseModel):
+    """How much of each prediction a list of predictions carries (`GET /v1/predictions`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="A prediction's `input` or `output` whose JSON is longer than this is left out of a "
+        "list: it reads `null`, with `input_elided` / `output_elided` true; `urls.get` gives it whole.",
+    )
+    max_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=0,
+        description="The inputs and outputs of one page of a list together: once they weigh this much, the "
+        "inputs and outputs of the page's further predictions are left out (elided) as well.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTD_", extra="forbid")
 
@@ -463,6 +506,15 @@ class Settings(BaseSettings):
         default_factory=HttpSettings,
         description="The HTTP connection's own limits, before any route runs: the size of a request's head, "
         "how fast its head and body must arrive, idle connections, and connections per client and in all.",
+    )
+    cache: CacheSettings = Field(
+        default_factory=CacheSettings,
+        description="Memory of predictions a server process keeps for fast status reads, bounded in bytes.",
+    )
+    lists: ListSettings = Field(
+        default_factory=ListSettings,
+        description="Lists of predictions: inputs and outputs past a size are left out, each with a link to "
+        "the whole prediction, so that one page stays a few megabytes.",
     )
     admin_key: str | None = Field(
         default=None, min_length=24, description="Bearer key for /admin endpoints (env PREDICTD_ADMIN_KEY)."

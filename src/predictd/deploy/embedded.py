@@ -165,6 +165,7 @@ async def open_deployment_database(settings: Settings) -> Database:
         settings.resolved_database_url,
         sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         postgres_lock_timeout_ms=settings.postgres_lock_timeout_ms,
+        remember_bytes=settings.cache.store_bytes,
     )
 
 
@@ -249,6 +250,7 @@ async def start_embedded(settings: Settings, metrics: Metrics, renderers: dict[s
     """One process: SQLite (or any SQL URL) state, an in-process queue, worker subprocesses.
     ``renderers`` turn a prediction into each surface's webhook payload (given by the HTTP layer)."""
     database = await open_deployment_database(settings)
+    metrics.watch_cache("store", database.remembered_bytes)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = LocalBroker()
     notifier = LocalNotifier()

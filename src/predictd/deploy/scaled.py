@@ -65,6 +65,7 @@ async def start_api(settings: Settings, metrics: Metrics, renderers: dict[str, R
     """A stateless API process of a scaled-out deployment: state in the SQL store (PostgreSQL), dispatch,
     limits and signals in Redis, predictions run by `predictd worker` processes (see start_worker)."""
     database = await open_deployment_database(settings)
+    metrics.watch_cache("store", database.remembered_bytes)
     redis, keys = _redis(settings)
     outputs = LocalOutputs(settings.outputs_dir, settings.outputs_ttl_s)
     broker = RedisBroker(redis, keys)

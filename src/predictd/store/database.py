@@ -32,6 +32,10 @@ class Database:
         self.deliveries = deliveries
         self._fast = fast
 
+    def remembered_bytes(self) -> int:
+        """What the rows this process keeps in memory weigh (embedded mode's SQLite; 0 otherwise)."""
+        return 0 if self._fast is None else self._fast.remembered_bytes()
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
@@ -51,13 +55,16 @@ async def open_database(
     sqlite_busy_timeout_ms: int = 5000,
     postgres_lock_timeout_ms: int = 5000,
     migrate: bool = True,
+    remember_bytes: int = 32 << 20,
 ) -> Database:
     engine = make_engine(
         url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms, postgres_lock_timeout_ms=postgres_lock_timeout_ms
     )
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        fast = FastConnection(parsed.database, busy_timeout_ms=sqlite_busy_timeout_ms)
+        fast = FastConnection(
+            parsed.database, busy_timeout_ms=sqlite_busy_timeout_ms, remember_bytes=remember_bytes
+        )
         database = Database(
             engine,
             SqliteAccounts(engine, fast),

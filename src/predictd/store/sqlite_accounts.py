@@ -13,7 +13,7 @@ from .accounts import SqlAccounts
 from .engines import Engine
 from .rows import FIND_KEY, key_and_account, plan_of
 from .schema import plans
-from .sqlite_connection import FastConnection, Recent
+from .sqlite_connection import FastConnection, Recent, row_bytes
 from .sqlite_values import decoded, decoding, sqlite_text, stored_time
 
 _FIND_KEY = sqlite_text(FIND_KEY)
@@ -44,11 +44,15 @@ def append_entries_on(
     db.execute(rules.CHANGE_TOTALS_SQL, rules.totals_change(account_id, entries))
 
 
+# The part of the connection's remembered bytes kept for keys (and their accounts); predictions take the rest.
+KEYS_SHARE = 1 / 8
+
+
 class SqliteAccounts(SqlAccounts):
     def __init__(self, engine: Engine, connection: FastConnection) -> None:
         super().__init__(engine)
         self._connection = connection
-        self._keys: Recent[tuple[ApiKey, Account]] = connection.remembering()
+        self._keys: Recent[tuple[ApiKey, Account]] = connection.remembering(KEYS_SHARE)
 
     def remembered_key(self, key_hash: str) -> tuple[ApiKey, Account] | None:
         self._connection.recent_valid()
@@ -64,7 +68,7 @@ class SqliteAccounts(SqlAccounts):
             if row is None:
                 return None  # unknown keys are not remembered: guessing must not fill memory
             found = key_and_account(decoded(row, _FIND_KEY_DECODING))
-            self._keys.put(key_hash, found)
+            self._keys.put(key_hash, found, row_bytes(row))
         return found
 
     async def get_plan(self, name: str) -> Plan | None:

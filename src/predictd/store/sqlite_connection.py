@@ -36,15 +36,17 @@ import itertools
 import mmap
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from ..core.bounded import put_bounded
+from ..core.bounded import BytesBounded
 
 T = TypeVar("T")
 
-# Rows kept by each Recent; past it the oldest half is dropped.
+# Rows kept by each Recent at most, whatever their size (see BytesBounded for its bytes).
 RECENT_MAX_ROWS = 8192
+# What a remembered row weighs beyond its text and blob values: the Python objects of its other columns.
+ROW_OVERHEAD_BYTES = 1024
 # Write transactions between two checkpoints run off the event loop (SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 500
 _BUSY_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -98,19 +100,38 @@ class Recent(Generic[T]):
     updates or drops the rows it touched. Through any other connection (SQLAlchemy's, another process such
     as ``predictd keys revoke``): SQLite's ``PRAGMA data_version`` changes, and then everything is dropped.
     The values are immutable in practice (frozen dataclasses; a Prediction is replaced, never mutated).
+
+    Bounded by bytes as well as rows (``BytesBounded``): each row is weighed by the size of its stored
+    values (``row_bytes``), so that a few predictions with inputs of megabytes cannot hold on to hundreds
+    of them.
     """
 
-    def __init__(self) -> None:
-        self.rows: dict[str, T] = {}
+    def __init__(self, max_bytes: int) -> None:
+        self._kept: BytesBounded[str, T] = BytesBounded(max_bytes, RECENT_MAX_ROWS)
+        # The hottest read: one dictionary lookup, no call of ours around it.
+        self.get: Callable[[str], T | None] = self._kept.rows.get
 
-    def get(self, key: str) -> T | None:
-        return self.rows.get(key)
+    @property
+    def held_bytes(self) -> int:
+        return self._kept.held_bytes
 
-    def put(self, key: str, row: T) -> None:
-        put_bounded(self.rows, key, row, RECENT_MAX_ROWS)
+    def size_of(self, key: str) -> int:
+        return self._kept.size_of(key)
+
+    def put(self, key: str, row: T, size: int) -> None:
+        self._kept.put(key, row, size)
 
     def drop(self, key: str) -> None:
-        self.rows.pop(key, None)
+        self._kept.drop(key)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
+def row_bytes(values: Iterable[Any]) -> int:
+    """What a row's values weigh, as stored: the length of each text or blob (JSON inputs and outputs are
+    stored as text), plus a fixed share for the row's other columns and the objects that hold it."""
+    return ROW_OVERHEAD_BYTES + sum(len(v) for v in values if isinstance(v, str | bytes))
 
 
 # The WAL-index header: two copies of 48 bytes at the start of the database's ``-shm`` file
@@ -167,8 +188,9 @@ class FastConnection:
     """The sqlite3 connection to a SQLite file that embedded mode's stores share, with its group commits
     and the rows remembered on it."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000, remember_bytes: int = 32 << 20) -> None:
         self._path = path
+        self._remember_bytes = remember_bytes
         self._busy_timeout_s = busy_timeout_ms / 1000
         self._db: sqlite3.Connection | None = None
         self._writes_since_checkpoint = 0
@@ -179,11 +201,16 @@ class FastConnection:
         self._pending: list[_Write[Any]] = []  # writes for the transaction at the end of this iteration
         self._waiting: set[asyncio.Task[None]] = set()  # batches waiting for another connection's lock
 
-    def remembering(self) -> Recent[Any]:
-        """A new memory of rows, dropped with all the others when another connection commits."""
-        recent: Recent[Any] = Recent()
+    def remembering(self, share: float) -> Recent[Any]:
+        """A new memory of rows, dropped with all the others when another connection commits, given
+        ``share`` of the connection's ``remember_bytes``."""
+        recent: Recent[Any] = Recent(int(self._remember_bytes * share))
         self._recents.append(recent)
         return recent
+
+    def remembered_bytes(self) -> int:
+        """What every memory of rows on this connection weighs together (``row_bytes``)."""
+        return sum(recent.held_bytes for recent in self._recents)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -219,7 +246,7 @@ class FastConnection:
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             for recent in self._recents:
-                recent.rows.clear()
+                recent.clear()
             self._data_version = version
         if commits is None:
             # Mapped only now: the statement above has opened the connection's shared memory (in WAL mode).

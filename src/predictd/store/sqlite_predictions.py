@@ -19,8 +19,8 @@ from .engines import Engine
 from .predictions import SqlPredictions
 from .rows import PREDICTION_COLUMNS, idempotency_of, pending_delivery, prediction_of, prediction_values
 from .schema import idempotency_keys, predictions, webhook_deliveries
-from .sqlite_accounts import append_entries_on, credits_on
-from .sqlite_connection import FastConnection, Recent
+from .sqlite_accounts import KEYS_SHARE, append_entries_on, credits_on
+from .sqlite_connection import ROW_OVERHEAD_BYTES, FastConnection, Recent, row_bytes
 from .sqlite_values import (
     Steps,
     Stored,
@@ -75,7 +75,7 @@ class SqlitePredictions(SqlPredictions):
     def __init__(self, engine: Engine, connection: FastConnection) -> None:
         super().__init__(engine)
         self._connection = connection
-        self._predictions: Recent[Prediction] = connection.remembering()
+        self._predictions: Recent[Prediction] = connection.remembering(1 - KEYS_SHARE)
         self._transition_sql: dict[tuple[Status, bool, tuple[str, ...]], tuple[str, Steps]] = {}
 
     def remembered_prediction(self, prediction_id: str, account_id: str) -> Prediction | None:
@@ -105,7 +105,7 @@ class SqlitePredictions(SqlPredictions):
         def remember(_: None) -> None:
             # As a read would return it, built from the stored values (not the caller's object): the worker's
             # claim reads it next.
-            self._predictions.put(prediction.id, _read_prediction(row))
+            self._predictions.put(prediction.id, _read_prediction(row), row_bytes(row))
 
         row = _prediction_row(prediction)
         self._predictions.drop(prediction.id)
@@ -121,7 +121,7 @@ class SqlitePredictions(SqlPredictions):
             if row is None:
                 return None
             found = _read_prediction(row)
-            self._predictions.put(prediction_id, found)
+            self._predictions.put(prediction_id, found, row_bytes(row))
         # Another account's prediction is answered exactly like a missing one.
         return found if account_id is None or found.account_id == account_id else None
 
@@ -158,11 +158,14 @@ class SqlitePredictions(SqlPredictions):
     ) -> list[Prediction | None]:
         statements = [self._bound_move(move) for move in moves]
 
+        sizes: dict[str, int] = {}  # what each moved row weighs (row_bytes), for remember
+
         def apply(db: sqlite3.Connection) -> list[Prediction | None]:
             moved: list[Prediction | None] = []
             for bound in statements:
                 prediction_id = bound.move.prediction_id
                 before = self._predictions.get(prediction_id)
+                before_bytes = self._predictions.size_of(prediction_id)
                 self._predictions.drop(prediction_id)  # a later write in this transaction reads it anew
                 if db.execute(bound.sql, bound.params).rowcount == 0:
                     moved.append(None)
@@ -173,8 +176,12 @@ class SqlitePredictions(SqlPredictions):
                 read_as = _as_read(bound.columns) if before is not None else None
                 if before is not None and read_as is not None:
                     prediction = _after(before, bound.move, read_as)
+                    # An upper bound: the values set are counted, those they replace are not taken off.
+                    sizes[prediction_id] = before_bytes + row_bytes(bound.params) - ROW_OVERHEAD_BYTES
                 else:
-                    prediction = _read_prediction(db.execute(_GET_PREDICTION, (prediction_id,)).fetchone())
+                    row = db.execute(_GET_PREDICTION, (prediction_id,)).fetchone()
+                    prediction = _read_prediction(row)
+                    sizes[prediction_id] = row_bytes(row)
                 if prediction.terminal:
                     _write_settlement(db, prediction)
                 if deliveries is not None:
@@ -188,7 +195,7 @@ class SqlitePredictions(SqlPredictions):
         def remember(moved: list[Prediction | None]) -> None:
             for prediction in moved:
                 if prediction is not None:
-                    self._predictions.put(prediction.id, prediction)
+                    self._predictions.put(prediction.id, prediction, sizes[prediction.id])
 
         # At once: a state change moves a prediction on (a worker slot waits on it to record the outcome and
         # hand its worker the next ones), and it takes the waiting inserts with it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -77,9 +77,19 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.cache_bytes = Gauge(
+            "predictd_cache_bytes",
+            "What each in-process cache of predictions holds, in bytes (bounded by [cache] max_bytes).",
+            ["cache"],
+            registry=self.registry,
+        )
 
         # Labelled children, looked up once per label set (labels() takes a lock and builds tuples).
         self._prediction_counters: dict[tuple[str, str], Counter] = {}
+
+    def watch_cache(self, name: str, held_bytes: Callable[[], int]) -> None:
+        """Report ``held_bytes()`` as cache ``name``'s size at each scrape."""
+        self.cache_bytes.labels(name).set_function(lambda: float(held_bytes()))
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered HTTP request."""
