@@ -253,6 +253,7 @@ def test_lists_print_whole_ids_and_json_when_piped(make_server: Any) -> None:
         "key_rate_limit": None,
         "concurrency_limit": None,
         "prepaid": True,
+        "security_screen": True,
     }
 
     (shown,) = json_lines(ok(server, "credits", "show", "listed", "--json"))

@@ -62,6 +62,7 @@ def plan_record(plan: Plan) -> dict[str, Any]:
         "key_rate_limit": plan.key_rate_limit,
         "concurrency_limit": plan.concurrency_limit,
         "prepaid": plan.prepaid,
+        "security_screen": plan.security_screen,
     }
 
 

@@ -109,6 +109,7 @@ def policy(settings: Settings) -> Policy:
         access=settings.access,
         suspend_after=settings.security.suspend_after,
         security_window_s=settings.security.window_s,
+        never_suspend=frozenset(settings.security.never_suspend),
     )
 
 

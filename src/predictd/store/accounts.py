@@ -111,6 +111,7 @@ class SqlAccounts:
             "key_rate_limit": plan.key_rate_limit,
             "concurrency_limit": plan.concurrency_limit,
             "prepaid": plan.prepaid,
+            "security_screen": plan.security_screen,
         }
         async with self.engine.begin() as conn:
             done = await conn.execute(update(plans).where(plans.c.name == plan.name).values(**values))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     text,
+    true,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -131,6 +132,8 @@ plans = Table(
     Column("concurrency_limit", Integer, nullable=True),
     Column("prepaid", Boolean, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Last, as migration 0007 added it: rows are read by position (rows.plan_of).
+    Column("security_screen", Boolean, nullable=False, server_default=true()),
 )
 
 # Append-only. Balance = grants + adjustments - charges; reserved = reserves - releases.
