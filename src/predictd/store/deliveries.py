@@ -8,14 +8,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, update
 
 from ..core.domain import WebhookAttempt, WebhookDelivery, new_id, utcnow
 from ..core.keys import new_webhook_secret
 from .engines import Engine
-from .schema import UTCDateTime, webhook_attempts, webhook_deliveries, webhook_secrets
+from .schema import UTCDateTime, accounts, webhook_attempts, webhook_deliveries, webhook_secrets
 
 _UTC_DATETIME = UTCDateTime()
+
+# The newest secret and the one before it: each live secret adds a signature to every webhook's header, so
+# they are capped (3,000 uncapped rotations made a 150 KB `webhook-signature` header).
+LIVE_WEBHOOK_SECRETS = 2
 
 
 def _not_to(origins: Sequence[str]) -> list[ColumnElement[bool]]:
@@ -52,7 +56,8 @@ class SqlDeliveries:
         self.engine = engine
 
     async def webhook_secrets(self, account_id: str) -> list[str]:
-        """The account's valid signing secrets, newest first; the first read creates one."""
+        """The account's valid signing secrets, newest first, at most LIVE_WEBHOOK_SECRETS; the first read
+        creates one."""
         now = utcnow()
         query = (
             select(webhook_secrets.c.secret)
@@ -60,7 +65,8 @@ class SqlDeliveries:
                 webhook_secrets.c.account_id == account_id,
                 or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > now),
             )
-            .order_by(webhook_secrets.c.created_at.desc())
+            .order_by(webhook_secrets.c.created_at.desc(), webhook_secrets.c.id.desc())
+            .limit(LIVE_WEBHOOK_SECRETS)
         )
         async with self.engine.connect() as conn:
             found = [r.secret for r in (await conn.execute(query)).all()]
@@ -83,10 +89,32 @@ class SqlDeliveries:
             return [r.secret for r in (await conn.execute(query)).all()]
 
     async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str:
-        """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
+        """A new secret; the newest current one stays valid for ``grace_s`` more seconds, and every other
+        one is removed, so that at most two secrets sign."""
         now = utcnow()
         secret = new_webhook_secret()
         async with self.engine.begin() as conn:
+            # Rotations of one account take turns (PostgreSQL; SQLite writes one at a time anyway), so that
+            # each sees the secret the one before it added and keeps that one as the previous.
+            await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+            newest = (
+                await conn.execute(
+                    select(webhook_secrets.c.id)
+                    .where(
+                        webhook_secrets.c.account_id == account_id,
+                        or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > now),
+                    )
+                    .order_by(webhook_secrets.c.created_at.desc(), webhook_secrets.c.id.desc())
+                    .limit(1)
+                )
+            ).scalar()
+            await conn.execute(
+                delete(webhook_secrets).where(
+                    webhook_secrets.c.account_id == account_id, webhook_secrets.c.id != newest
+                )
+                if newest is not None
+                else delete(webhook_secrets).where(webhook_secrets.c.account_id == account_id)
+            )
             await conn.execute(
                 update(webhook_secrets)
                 .where(
