@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..core.domain import WebhookAttempt, WebhookDelivery, new_id, utcnow
 from ..core.keys import new_webhook_secret
@@ -72,19 +73,23 @@ class SqlDeliveries:
             found = [r.secret for r in (await conn.execute(query)).all()]
         if found:
             return found
-        # The first secret is added, never rotated in: two first reads at once (a webhook being signed
-        # while the account asks for its secret) each add one and both stay valid, whereas a rotation
-        # would expire the secret the other reader has already handed out.
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(webhook_secrets).values(
-                    id=new_id("whs_"),
-                    account_id=account_id,
-                    secret=new_webhook_secret(),
-                    created_at=now,
-                    expires_at=None,
+        # The first secret is added, never rotated in, under an id of its own per account: of two first
+        # reads at once (a webhook being signed while the account asks for its secret) one adds it and the
+        # other, refused by the key, reads it, so both hand out the same secret. (A rotation always leaves
+        # a live secret, so an account comes here once.)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(webhook_secrets).values(
+                        id=f"whs_{account_id}",
+                        account_id=account_id,
+                        secret=new_webhook_secret(),
+                        created_at=now,
+                        expires_at=None,
+                    )
                 )
-            )
+        except IntegrityError:
+            pass  # another first read added it
         async with self.engine.connect() as conn:
             return [r.secret for r in (await conn.execute(query)).all()]
 
