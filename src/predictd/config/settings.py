@@ -438,6 +438,13 @@ class Settings(BaseSettings):
         default=5000, ge=0, description="A PostgreSQL write waits this long for a lock, then fails."
     )
     outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
+    failed_inputs_ttl_s: float = Field(
+        default=72 * 3600,
+        gt=0,
+        description="How long a failed (or timed-out) prediction keeps its inputs after it ended, shown by "
+        "`GET /v1/predictions/{id}` and run again from the console; then they are removed "
+        "(`data_removed: true`), within this long again or 10 minutes, whichever is less.",
+    )
     rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
     rate_window_s: float = Field(default=60.0, gt=0, description="The window of rate_limit, in seconds.")
     concurrency_limit: int | None = Field(

@@ -187,6 +187,11 @@ api_keys = Table(
 
 UNFINISHED: tuple[Status, ...] = tuple(sorted(set(Status) - TERMINAL))
 UNFINISHED_SQL = text(f"status IN ({', '.join(repr(s.value) for s in UNFINISHED)})")
+# Failed predictions still holding their inputs, which the retention sweep removes (migration 0008).
+FAILED: tuple[Status, ...] = (Status.FAILED, Status.TIMED_OUT)
+FAILED_KEEPING_INPUT_SQL = text(
+    f"status IN ({', '.join(repr(s.value) for s in FAILED)}) AND NOT data_removed"
+)
 
 predictions = Table(
     "predictions",
@@ -215,6 +220,7 @@ predictions = Table(
     # PostgreSQL's index has the same condition (migration 0006), not declared here: naming a postgresql_
     # option makes SQLAlchemy import its PostgreSQL dialect, 2.4 MiB more in every embedded server.
     Index("ix_predictions_unfinished", "status", sqlite_where=UNFINISHED_SQL),
+    Index("ix_predictions_failed_inputs", "completed_at", sqlite_where=FAILED_KEEPING_INPUT_SQL),
 )
 
 idempotency_keys = Table(
