@@ -313,7 +313,17 @@ def test_a_failed_prediction_shows_its_error_name_in_the_table_and_on_its_page(
     expect(page.locator("#error-name")).to_have_text("PoseError")
     expect(page.locator("#error-message")).to_have_text("no person found in input.image")
     expect(page.locator("#credits-used")).to_have_text("0")
+    expect(page.locator("#input")).to_contain_text('"kind": "pose"')  # kept, to run it again
     shot(page, "06-prediction-failed")
+
+    first_url = page.url
+    page.click("#rerun")
+    expect(page).not_to_have_url(first_url)
+    expect(page.locator("#status")).to_have_text("failed")
+    expect(page.locator("#error-name")).to_have_text("PoseError")
+    expect(page.locator("#input")).to_contain_text('"kind": "pose"')
+    page.click("nav >> text=Predictions")
+    expect(rows.filter(has_text="raises")).to_have_count(2)
 
 
 # -- keys ----------------------------------------------------------------------------------------------------

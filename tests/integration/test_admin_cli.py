@@ -123,7 +123,8 @@ def test_cli_errors_are_named_and_exit_non_zero(make_server: Any) -> None:
 
 def test_sdk_reads_the_account_and_its_credits(make_server: Any) -> None:
     server = make_server()
-    ok(server, "plans", "set", "paid", "--prepaid")
+    ok(server, "plans", "set", "paid", "--prepaid", "--no-security-screen")
+    assert ok(server, "plans", "list").splitlines()[1].split()[-2:] == ["yes", "off"]  # prepaid, screen
     ok(server, "accounts", "create", "sdk-user", "--plan", "paid")
     key = ok(server, "keys", "create", "--account", "sdk-user").strip()
     ok(server, "credits", "grant", "sdk-user", "7.5")
@@ -131,6 +132,7 @@ def test_sdk_reads_the_account_and_its_credits(make_server: Any) -> None:
         account = client.account()
         assert account["name"] == "sdk-user"
         assert account["plan"]["prepaid"] is True
+        assert account["plan"]["security_screen"] is False
         assert account["credits"] == {"balance": 7.5, "reserved": 0.0, "available": 7.5}
         assert client.credits()["credits"]["total"] == 7.5
 
@@ -253,6 +255,7 @@ def test_lists_print_whole_ids_and_json_when_piped(make_server: Any) -> None:
         "key_rate_limit": None,
         "concurrency_limit": None,
         "prepaid": True,
+        "security_screen": True,
     }
 
     (shown,) = json_lines(ok(server, "credits", "show", "listed", "--json"))

@@ -49,6 +49,8 @@ THUMBNAIL_TOML = f"""
 [[models]]
 slug = "thumbnail"
 ref = "{FIXTURE_MODELS}:Thumbnail"
+security_screen = true
+security_fields = ["image"]         # a URL or data URI is skipped; a file: or javascript: one is not
 """
 LENIENT_TOML = f"""
 max_body_bytes = {MAX_BODY_BYTES}

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -547,6 +548,70 @@ def test_the_cancel_button_cancels_a_running_prediction(
     again = signed.post(f"/console/predictions/{done['id']}/cancel", data={"csrf": csrf})
     assert again.status_code == 409
     assert "PREDICTION_NOT_CANCELLABLE" in again.text
+
+
+def test_run_again_resubmits_the_same_model_and_input(server: Server, key: str, signed: httpx.Client) -> None:
+    with server.client(key) as api:
+        failed = api.post(
+            "/v1/predictions", json={"model": "raises", "input": {"kind": "pose"}, "await": True}
+        ).json()
+    assert (failed["status"], failed["input"]) == ("failed", {"kind": "pose"})
+    path = f"/console/predictions/{failed['id']}"
+    page = signed.get(path)
+    assert 'id="rerun-form"' in page.text
+    assert f'action="{path}/rerun"' in page.text
+    csrf = _page_csrf(page)
+    assert signed.post(f"{path}/rerun", data={"csrf": "x" * 43}).status_code == 403
+    cross = signed.post(f"{path}/rerun", data={"csrf": csrf}, headers={"origin": "https://evil.example"})
+    assert cross.status_code == 403
+
+    rerun = signed.post(f"{path}/rerun", data={"csrf": csrf})
+    assert rerun.status_code == 303, rerun.text
+    new_path = rerun.headers["location"]
+    new_id = new_path.removeprefix("/console/predictions/")
+    assert new_path.startswith("/console/predictions/")
+    assert new_id != failed["id"]
+    with server.client(key) as api:
+        again = wait_for_terminal(api, new_id)
+        listed = [p["id"] for p in api.get("/v1/predictions?per_page=50").json()["data"]]
+    assert (again["model"], again["input"], again["source"]) == ("raises", {"kind": "pose"}, "console")
+    assert (again["status"], again["error_name"]) == ("failed", "PoseError")
+    assert listed.count(new_id) == 1
+    assert listed.count(failed["id"]) == 1
+    assert 'id="error-name">PoseError<' in signed.get(new_path).text
+
+    with server.client(key) as api:
+        done = api.post("/v1/predictions", json={"model": "echo", "input": {"text": "twice"}, "await": True})
+        done_id = done.json()["id"]
+        second = signed.post(f"/console/predictions/{done_id}/rerun", data={"csrf": csrf})
+        assert second.status_code == 303
+        echoed = wait_for_terminal(api, second.headers["location"].removeprefix("/console/predictions/"))
+        assert (echoed["status"], echoed["output"]) == ("succeeded", "twice")
+
+        assert api.delete(f"/v1/predictions/{done_id}").json()["data_removed"] is True
+    removed = signed.get(f"/console/predictions/{done_id}")
+    assert 'id="rerun-form"' not in removed.text
+    refused = signed.post(f"/console/predictions/{done_id}/rerun", data={"csrf": csrf})
+    assert refused.status_code == 422
+    assert "UNPROCESSABLE_ENTITY" in refused.text
+    assert "its input was removed" in refused.text
+
+    stranger = sign_in(server, server.key())
+    try:
+        theirs = stranger.post(f"{path}/rerun", data={"csrf": csrf_of(stranger)})
+    finally:
+        stranger.close()
+    assert theirs.status_code == 404
+    assert "PREDICTION_NOT_FOUND" in theirs.text
+
+
+def wait_for_terminal(api: httpx.Client, prediction_id: str) -> dict[str, object]:
+    for _ in range(600):
+        body: dict[str, object] = api.get(f"/v1/predictions/{prediction_id}").json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{prediction_id} did not end")
 
 
 def _snippets_of(page: str) -> dict[str, str]:

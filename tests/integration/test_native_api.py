@@ -57,6 +57,14 @@ def assert_error(response: httpx.Response, error_id: ErrorId, *fragments: str) -
     return body
 
 
+FAILED_INPUTS_TTL_S = 2.0
+RAISES_TOML = f"""
+[[models]]
+slug = "raises"
+ref = "{FIXTURE_MODELS}:Raises"
+"""
+
+
 def submit(client: httpx.Client, model: str, inputs: dict[str, Any], wait: bool = False) -> dict[str, Any]:
     response = client.post("/v1/predictions", json={"model": model, "input": inputs, "await": wait})
     assert response.status_code == 201, response.text
@@ -733,13 +741,37 @@ def test_failed_prediction_payload(
     assert body["error_id"] == error_id
     assert fragment in body["error"]
     assert body["output"] is None
-    assert body["input"] is None
-    assert body["data_removed"] is True
+    assert body["input"] == {"kind": kind}  # kept, to see what failed and run it again
+    assert body["data_removed"] is False
     assert body["metrics"]["predict_time"] is not None
     assert body["metrics"]["total_time"] is not None
     assert body["model"] == "raises"
     assert body["source"] == "api"
-    assert client.get(f"/v1/predictions/{body['id']}").json()["status"] == "failed"
+    again = client.get(f"/v1/predictions/{body['id']}").json()
+    assert (again["status"], again["input"], again["data_removed"]) == ("failed", {"kind": kind}, False)
+
+
+def test_a_failed_predictions_input_is_removed_after_its_retention(make_server: Any) -> None:
+    """failed_inputs_ttl_s after a failure the sweep removes its input; a success keeps its own."""
+    server = make_server(f"failed_inputs_ttl_s = {FAILED_INPUTS_TTL_S}\n{RAISES_TOML}")
+    with server.client(server.key()) as client:
+        failed = submit(client, "raises", {"kind": "pose"}, wait=True)
+        succeeded = submit(client, "echo", {"text": "kept"}, wait=True)
+        assert (failed["status"], failed["input"], failed["data_removed"]) == (
+            "failed",
+            {"kind": "pose"},
+            False,
+        )
+        ended = time.monotonic()
+        deadline = ended + 2 * FAILED_INPUTS_TTL_S + 10
+        while (body := client.get(f"/v1/predictions/{failed['id']}").json())["data_removed"] is False:
+            assert time.monotonic() < deadline, "the failed prediction's input was never removed"
+            time.sleep(0.1)
+        assert time.monotonic() - ended >= FAILED_INPUTS_TTL_S - 0.5  # not before its retention
+        assert (body["status"], body["input"], body["output"]) == ("failed", None, None)
+        assert (body["error_name"], body["error"]) == ("PoseError", failed["error"])
+        kept = client.get(f"/v1/predictions/{succeeded['id']}").json()
+        assert (kept["input"], kept["output"], kept["data_removed"]) == ({"text": "kept"}, "kept", False)
 
 
 def test_a_worker_that_dies_is_replaced_and_the_prediction_retried_then_failed(client: httpx.Client) -> None:

@@ -88,7 +88,7 @@ def test_a_prediction_out_of_attempts_fails_as_unavailable_after_restart(make_se
             assert body["status"] == "failed"
             assert body["error_name"] == "UnavailableError"
             assert "server stopped while it ran" in body["error"]
-            assert body["data_removed"] is True
+            assert (body["input"], body["data_removed"]) == ({"ms": 5000}, False)  # kept, to run again
     finally:
         second.stop()
 

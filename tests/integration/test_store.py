@@ -4,6 +4,7 @@ tenant isolation and listing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import uuid
@@ -36,7 +37,7 @@ from predictd.runtime.outcomes import Failed, Succeeded, WorkerDied
 from predictd.store import Database, open_database
 from predictd.store.engines import make_engine
 from predictd.store.migrate import _PG_MIGRATION_LOCK, alembic_config
-from predictd.store.schema import UNFINISHED_SQL, metadata, predictions
+from predictd.store.schema import FAILED_KEEPING_INPUT_SQL, UNFINISHED_SQL, metadata, predictions
 from predictd.store.sqlite_connection import _CommitWatch
 from predictd.usecases.runs import RunRecorder
 
@@ -204,6 +205,78 @@ async def test_unfinished_predictions_are_found_through_an_index_that_holds_only
     assert "queued" in index
     assert "succeeded" not in index
     assert "ix_predictions_unfinished" in plan
+
+
+async def test_the_retention_sweep_removes_only_the_inputs_of_failures_older_than_the_cutoff(
+    store: Database,
+) -> None:
+    account = await store.accounts.create_account("a")
+    now = utcnow()
+    old, recent = now - timedelta(hours=2), now - timedelta(minutes=1)
+    endings = {
+        "old_failed": (Status.FAILED, old),
+        "old_timed_out": (Status.TIMED_OUT, old),
+        "recent_failed": (Status.FAILED, recent),
+        "old_succeeded": (Status.SUCCEEDED, old),
+        "old_cancelled": (Status.CANCELLED, old),
+    }
+    ids = {}
+    for name, (status, ended) in endings.items():
+        p = queued(account.id, input={"text": name})
+        ids[name] = p.id
+        await store.predictions.insert_prediction(p)
+        await store.predictions.transition(p.id, Status.PROCESSING, count_attempt=True, started_at=old)
+        await store.predictions.transition(p.id, status, completed_at=ended)
+        await store.predictions.get_prediction(p.id, account.id)  # remembered (SQLite): must not go stale
+
+    assert await store.predictions.purge_failed_inputs(now - timedelta(hours=1)) == 2
+    assert await store.predictions.purge_failed_inputs(now - timedelta(hours=1)) == 0
+    for name, prediction_id in ids.items():
+        found = await store.predictions.get_prediction(prediction_id, account.id)
+        assert found is not None
+        removed = name in ("old_failed", "old_timed_out")
+        assert (found.input, found.data_removed) == ((None, True) if removed else ({"text": name}, False))
+        assert found.status is endings[name][0]
+
+    query = select(predictions.c.id).where(FAILED_KEEPING_INPUT_SQL, predictions.c.completed_at < now)
+    compiled = str(query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+    sqlite = store.engine.dialect.name == "sqlite"
+    async with store.engine.connect() as conn:
+        if not sqlite:
+            await conn.execute(text("SET enable_seqscan = off"))  # a few rows: a scan would win otherwise
+        explain = f"EXPLAIN QUERY PLAN {compiled}" if sqlite else f"EXPLAIN {compiled}"
+        plan = " ".join(str(row) for row in (await conn.execute(text(explain))).all())
+    assert "ix_predictions_failed_inputs" in plan
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_plans_stored_before_the_screen_setting_keep_the_screen_on(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
+        if database == "sqlite"
+        else request.getfixturevalue("pg_database")
+    )
+    old = make_engine(url)
+    async with old.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0006"))
+        await conn.execute(
+            text(
+                "INSERT INTO plans (name, models, rate_window_s, prepaid, created_at) "
+                "VALUES ('old', '[\"*\"]', 60, false, '2026-01-01')"
+            )
+        )
+    await old.dispose()
+    store = await open_database(url)
+    try:
+        plan = await store.accounts.get_plan("old")
+        assert plan is not None
+        assert plan.security_screen is True
+        await store.accounts.put_plan(dataclasses.replace(plan, security_screen=False))
+        assert [(p.name, p.security_screen) for p in await store.accounts.list_plans()] == [("old", False)]
+    finally:
+        await store.close()
 
 
 async def test_predictions_are_isolated_by_account(store: Database) -> None:

@@ -282,6 +282,37 @@ def test_secret_rotation_signs_with_both_secrets(make_server: Any, receiver: Rec
         Webhook("whsec_" + "B" * 43).verify(message["body"], headers)
 
 
+def test_rotating_again_and_again_keeps_two_secrets(make_server: Any, receiver: Receiver) -> None:
+    """Each live secret adds a signature to every webhook: rotations keep the new one and the one before."""
+    server = make_server(FAST_RETRIES)
+    receiver.start()
+    with server.client(server.key()) as client:
+        issued = [client.get("/v1/webhooks/secret").json()["secret"]]
+        for _ in range(5):
+            rotated = client.post("/v1/webhooks/secret/rotate").json()
+            issued.append(rotated["secret"])
+            assert rotated["valid_secrets"] == issued[-2:][::-1]
+        assert client.get("/v1/webhooks/secret").json()["valid_secrets"] == [issued[-1], issued[-2]]
+        receiver.secrets = [issued[-1]]
+        prediction_id = client.post(
+            "/v1/predictions",
+            json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
+        ).json()["id"]
+        wait_until(lambda: first_delivery(client, prediction_id)["status"] == "delivered", what="delivery")
+    (message,) = receiver.unique().values()
+    headers = {
+        "webhook-id": message["id"],
+        "webhook-timestamp": message["timestamp"],
+        "webhook-signature": message["signature"],
+    }
+    assert len(message["signature"].split(" ")) == 2
+    for secret in issued[-2:]:
+        assert Webhook(secret).verify(message["body"], headers)["id"] == prediction_id
+    for secret in issued[:-2]:
+        with pytest.raises(Exception, match="signature"):
+            Webhook(secret).verify(message["body"], headers)
+
+
 def test_webhook_urls_on_private_addresses_are_refused_by_default(
     make_server: Any, receiver: Receiver
 ) -> None:

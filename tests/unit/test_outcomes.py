@@ -37,7 +37,7 @@ def test_a_success_keeps_its_output_and_pays_per_second_up_to_the_deadline_only(
     assert (status, changes["cost"]) == (Status.SUCCEEDED, 5.0)
 
 
-def test_a_failure_clears_inputs_and_outputs_and_costs_nothing_and_a_deadline_times_out() -> None:
+def test_a_failure_keeps_its_input_has_no_output_costs_nothing_and_a_deadline_times_out() -> None:
     status, changes = final_state(Failed("PipelineError", "boom", 0.5), PER_SECOND, NOW)
     assert status is Status.FAILED
     assert changes == {
@@ -45,9 +45,7 @@ def test_a_failure_clears_inputs_and_outputs_and_costs_nothing_and_a_deadline_ti
         "error_message": "boom",
         "completed_at": NOW,
         "predict_time": 0.5,
-        "input": None,
         "output": None,
-        "data_removed": True,
     }
     status, changes = final_state(deadline_failure(30.0), PER_SECOND, NOW)
     assert (status, changes["error_name"], changes["error_message"]) == (

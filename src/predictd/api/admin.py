@@ -123,7 +123,15 @@ async def put_plan(
     parsing.reject_unknown_fields(
         body,
         frozenset(
-            {"models", "rate_limit", "rate_window_s", "key_rate_limit", "concurrency_limit", "prepaid"}
+            {
+                "models",
+                "rate_limit",
+                "rate_window_s",
+                "key_rate_limit",
+                "concurrency_limit",
+                "prepaid",
+                "security_screen",
+            }
         ),
     )
     models = body.get("models", ["*"])
@@ -137,5 +145,6 @@ async def put_plan(
         key_rate_limit=parsing.expect_type(body, "key_rate_limit", int, "an integer"),
         concurrency_limit=parsing.expect_type(body, "concurrency_limit", int, "an integer"),
         prepaid=bool(parsing.expect_type(body, "prepaid", bool, "true or false")),
+        security_screen=parsing.expect_type(body, "security_screen", bool, "true or false") is not False,
     )
     return JSONResponse((await admin.put_plan(plan)).as_dict())

@@ -490,6 +490,31 @@ async def cancel_prediction(request: Request, prediction_id: str) -> Response:
     return await _post(request, body)
 
 
+@router.post("/predictions/{prediction_id}/rerun")
+async def rerun_prediction(request: Request, prediction_id: str) -> Response:
+    """Run again: a new prediction of the same model with the same input, while that input is kept (a
+    failed prediction's until failed_inputs_ttl_s); admitted like any submit."""
+
+    async def body(signed: Signed, form: dict[str, str]) -> Response:
+        usecases = usecases_of(request)
+        earlier = await usecases.predictions.get(signed.principal, prediction_id)
+        if earlier.data_removed or earlier.input is None:
+            raise ApiError(
+                ErrorId.UNPROCESSABLE_ENTITY,
+                f"Prediction {earlier.id!r} cannot be run again: its input was removed.",
+            )
+        submission = await usecases.predictions.submit(
+            signed.principal,
+            SubmitRequest(
+                model=earlier.model, input=earlier.input, source="console", region=caller_region(request)
+            ),
+        )
+        page = f"/console/predictions/{urllib.parse.quote(submission.prediction.id, safe='')}"
+        return RedirectResponse(page, status_code=303, headers=SECURITY_HEADERS)
+
+    return await _post(request, body)
+
+
 # -- models and the playground -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .._version import __version__
-from ..config.settings import BUILTIN_MODELS, Settings, load_settings
+from ..config.settings import BUILTIN_MODELS, DEFAULT_ACCOUNT, Settings, load_settings
 from ..core.domain import Plan, from_micros
 from ..deploy.memory import give_back_large_blocks
 from ..deploy.operator import Absence, database_absence, run_administration, shown_url
@@ -49,7 +49,6 @@ app.add_typer(config_app, name="config")
 # "[...]" in a name as markup); rich only for styled messages on stderr.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DEFAULT_ACCOUNT = "default"
 DEMO_LABEL = "demo"
 
 
@@ -415,6 +414,13 @@ def plans_set(
     key_rate_limit: Annotated[int | None, typer.Option(help="Requests per window per API key.")] = None,
     concurrency_limit: Annotated[int | None, typer.Option(help="In-flight predictions per account.")] = None,
     prepaid: Annotated[bool, typer.Option(help="Predictions need credits (reserved on submit).")] = False,
+    security_screen: Annotated[
+        bool,
+        typer.Option(
+            help="Screen inputs for prompt injection and abuse on the models that opt in to it "
+            "([[models]] security_screen); --no-security-screen turns it off for this plan's accounts."
+        ),
+    ] = True,
 ) -> None:
     plan = Plan(
         name=name,
@@ -424,6 +430,7 @@ def plans_set(
         key_rate_limit=key_rate_limit,
         concurrency_limit=concurrency_limit,
         prepaid=prepaid,
+        security_screen=security_screen,
     )
     _admin(lambda admin: admin.put_plan(plan))
     typer.echo(f"plan {name} saved")
@@ -431,13 +438,13 @@ def plans_set(
 
 @plans_app.command("list")
 def plans_list(as_json: JsonOption = False) -> None:
-    """List the plans: name, models, rate per account and per key, concurrency, prepaid."""
+    """List the plans: name, models, rate per account and per key, concurrency, prepaid, security screen."""
     found = _admin(lambda admin: admin.list_plans())
     if as_json:
         print_json_lines(plan.as_dict() for plan in found)
         return
     print_columns(
-        ("name", "models", "rate", "per key", "concurrency", "prepaid"),
+        ("name", "models", "rate", "per key", "concurrency", "prepaid", "screen"),
         (
             (
                 plan.name,
@@ -446,6 +453,7 @@ def plans_list(as_json: JsonOption = False) -> None:
                 f"{plan.key_rate_limit}/{plan.rate_window_s:g}s" if plan.key_rate_limit else "-",
                 str(plan.concurrency_limit or "-"),
                 "yes" if plan.prepaid else "no",
+                "on" if plan.security_screen else "off",
             )
             for plan in found
         ),

@@ -24,6 +24,7 @@ from ..core.domain import ModelInfo
 # What predictd keeps in the data folder (see deploy/private_files.py: only its owner may read them).
 DATABASE_FILE = "predictd.sqlite3"  # embedded mode's database, unless database_url names another
 OUTPUTS_FOLDER = "outputs"  # output images behind their expiring URLs
+DEFAULT_ACCOUNT = "default"  # the account a first start creates; serve --demo's account
 DEMO_KEY_FILE = "demo-key"  # serve --demo's key, printed again at every start
 
 BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
@@ -133,6 +134,17 @@ class ModelConfig(BaseModel):
     )
     use_cases: list[str] = Field(default_factory=list, description="Use cases a request may declare.")
     blocked_regions: list[str] = Field(default_factory=list, description="Regions (proxy header) refused.")
+    security_screen: bool = Field(
+        default=False,
+        description="Screen this model's inputs for prompt injection and abuse before queueing "
+        "(`SECURITY_VIOLATION`; see `[security]`): its `Prompt` inputs, or the inputs `security_fields` "
+        "names. Off by default, and for every built-in model.",
+    )
+    security_fields: list[str] = Field(
+        default_factory=list,
+        description="The inputs `security_screen` screens, instead of the model's `Prompt` inputs "
+        "(top-level input names; strings inside lists and objects there are screened too).",
+    )
 
     def info(
         self,
@@ -156,6 +168,7 @@ class ModelConfig(BaseModel):
             timeout_s=self.timeout_s,
             use_cases=tuple(self.use_cases),
             blocked_regions=tuple(self.blocked_regions),
+            security_fields=tuple(self.security_fields) if self.security_screen else None,
         )
 
 
@@ -233,6 +246,12 @@ class SecuritySettings(BaseModel):
     suspend_after: int = Field(default=5, ge=1, description="Violations in window_s that suspend an account.")
     window_s: float = Field(default=3600.0, gt=0, description="The window suspend_after counts in.")
     rules_file: Path | None = Field(default=None, description="Extra screening rules (TOML), added to ours.")
+    never_suspend: list[str] = Field(
+        default_factory=lambda: [DEFAULT_ACCOUNT],
+        description="Accounts (by name) that suspend_after never suspends; their violations are still "
+        "refused and logged. By default the account a first start creates (and `serve --demo` prints a "
+        "key for), so that trying the screen never locks the operator out.",
+    )
 
 
 class LegalSettings(BaseModel):
@@ -462,6 +481,13 @@ class Settings(BaseSettings):
         default=5000, ge=0, description="A PostgreSQL write waits this long for a lock, then fails."
     )
     outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
+    failed_inputs_ttl_s: float = Field(
+        default=72 * 3600,
+        gt=0,
+        description="How long a failed (or timed-out) prediction keeps its inputs after it ended, shown by "
+        "`GET /v1/predictions/{id}` and run again from the console; then they are removed "
+        "(`data_removed: true`), within this long again or 10 minutes, whichever is less.",
+    )
     rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
     rate_window_s: float = Field(default=60.0, gt=0, description="The window of rate_limit, in seconds.")
     concurrency_limit: int | None = Field(
@@ -484,7 +510,8 @@ class Settings(BaseSettings):
     )
     security: SecuritySettings = Field(
         default_factory=SecuritySettings,
-        description="Screening of text inputs for prompt injection and abuse (SECURITY_VIOLATION), and the "
+        description="Screening of inputs for prompt injection and abuse (SECURITY_VIOLATION), for the "
+        "models that opt in (`[[models]] security_screen`) and the plans that keep it on, and the "
         "suspension of accounts that keep trying.",
     )
     legal: LegalSettings = Field(

@@ -111,6 +111,8 @@ class Plan:
     key_rate_limit: int | None = None
     concurrency_limit: int | None = None
     prepaid: bool = False
+    # Whether the models that opt in screen this plan's requests (SECURITY_VIOLATION); off: never screened.
+    security_screen: bool = True
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -124,6 +126,7 @@ class Plan:
             "key_rate_limit": self.key_rate_limit,
             "concurrency_limit": self.concurrency_limit,
             "prepaid": self.prepaid,
+            "security_screen": self.security_screen,
         }
 
 
@@ -268,6 +271,8 @@ class ModelInfo:
     timeout_s: float = 600.0
     use_cases: tuple[str, ...] = ()
     blocked_regions: tuple[str, ...] = ()
+    # None: its inputs are not security-screened; () its Prompt inputs; else the inputs named.
+    security_fields: tuple[str, ...] | None = None
 
     def max_cost(self) -> float:
         """The most one prediction can cost: what a prepaid account must have available to start it."""

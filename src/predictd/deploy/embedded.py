@@ -109,6 +109,7 @@ def policy(settings: Settings) -> Policy:
         access=settings.access,
         suspend_after=settings.security.suspend_after,
         security_window_s=settings.security.window_s,
+        never_suspend=frozenset(settings.security.never_suspend),
     )
 
 
@@ -130,16 +131,20 @@ def text_moderator(settings: Settings) -> TextModerator:
 
 
 async def expire_data(outputs: LocalOutputs, store: PredictionStore, settings: Settings) -> None:
-    """Expire output files and idempotency keys past their lifetimes."""
+    """Expire output files, idempotency keys and failed predictions' inputs past their lifetimes."""
+    # A short retention is swept as often: removed at most twice its lifetime after the failure.
+    interval = min(SWEEP_INTERVAL_S, settings.failed_inputs_ttl_s)
     while True:
         try:
             removed = await asyncio.to_thread(outputs.sweep)
-            keys = await store.purge_idempotency(utcnow() - timedelta(seconds=settings.idempotency_ttl_s))
-            if removed or keys:
-                log.info("expired data removed", outputs=removed, idempotency_keys=keys)
+            now = utcnow()
+            keys = await store.purge_idempotency(now - timedelta(seconds=settings.idempotency_ttl_s))
+            inputs = await store.purge_failed_inputs(now - timedelta(seconds=settings.failed_inputs_ttl_s))
+            if removed or keys or inputs:
+                log.info("expired data removed", outputs=removed, idempotency_keys=keys, failed_inputs=inputs)
         except Exception:
             log.exception("sweep failed; will retry")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        await asyncio.sleep(interval)
 
 
 def delivery_config(settings: Settings) -> DeliveryConfig:

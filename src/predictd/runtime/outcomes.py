@@ -6,8 +6,8 @@
      │                                                    counting at most the model's deadline (what a
      │                                                    prepaid account had reserved)
      ├── Cancelled ──────────────────────────> CANCELLED  never charged
-     ├── Failed ──┬── DeadlineExceeded ──────> TIMED_OUT ─┐ input and output cleared (data_removed),
-     │            │   (deadline_failure)                  │ never charged
+     ├── Failed ──┬── DeadlineExceeded ──────> TIMED_OUT ─┐ no output, never charged; the input is kept
+     │            │   (deadline_failure)                  │ (to run it again) until failed_inputs_ttl_s
      │            └── any other error name ──> FAILED ────┘ (failure_status, failure_changes)
      └── WorkerDied ── a lost run, below
 
@@ -97,15 +97,14 @@ def failure_status(failure: Failed) -> Status:
 
 
 def failure_changes(failure: Failed, now: datetime) -> dict[str, Any]:
-    """A failed prediction keeps no inputs or outputs (data_removed) and is never charged."""
+    """A failed prediction has no output and is never charged. It keeps its input, so that its owner can
+    see what failed and run it again, until the retention sweep removes it (failed_inputs_ttl_s)."""
     return {
         "error_name": failure.error_name,
         "error_message": failure.message,
         "completed_at": now,
         "predict_time": failure.predict_time,
-        "input": None,
         "output": None,
-        "data_removed": True,
     }
 
 

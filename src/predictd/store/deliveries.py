@@ -8,14 +8,19 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..core.domain import WebhookAttempt, WebhookDelivery, new_id, utcnow
 from ..core.keys import new_webhook_secret
 from .engines import Engine
-from .schema import UTCDateTime, webhook_attempts, webhook_deliveries, webhook_secrets
+from .schema import UTCDateTime, accounts, webhook_attempts, webhook_deliveries, webhook_secrets
 
 _UTC_DATETIME = UTCDateTime()
+
+# The newest secret and the one before it: each live secret adds a signature to every webhook's header, so
+# they are capped (3,000 uncapped rotations made a 150 KB `webhook-signature` header).
+LIVE_WEBHOOK_SECRETS = 2
 
 
 def _not_to(origins: Sequence[str]) -> list[ColumnElement[bool]]:
@@ -52,7 +57,8 @@ class SqlDeliveries:
         self.engine = engine
 
     async def webhook_secrets(self, account_id: str) -> list[str]:
-        """The account's valid signing secrets, newest first; the first read creates one."""
+        """The account's valid signing secrets, newest first, at most LIVE_WEBHOOK_SECRETS; the first read
+        creates one."""
         now = utcnow()
         query = (
             select(webhook_secrets.c.secret)
@@ -60,33 +66,60 @@ class SqlDeliveries:
                 webhook_secrets.c.account_id == account_id,
                 or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > now),
             )
-            .order_by(webhook_secrets.c.created_at.desc())
+            .order_by(webhook_secrets.c.created_at.desc(), webhook_secrets.c.id.desc())
+            .limit(LIVE_WEBHOOK_SECRETS)
         )
         async with self.engine.connect() as conn:
             found = [r.secret for r in (await conn.execute(query)).all()]
         if found:
             return found
-        # The first secret is added, never rotated in: two first reads at once (a webhook being signed
-        # while the account asks for its secret) each add one and both stay valid, whereas a rotation
-        # would expire the secret the other reader has already handed out.
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(webhook_secrets).values(
-                    id=new_id("whs_"),
-                    account_id=account_id,
-                    secret=new_webhook_secret(),
-                    created_at=now,
-                    expires_at=None,
+        # The first secret is added, never rotated in, under an id of its own per account: of two first
+        # reads at once (a webhook being signed while the account asks for its secret) one adds it and the
+        # other, refused by the key, reads it, so both hand out the same secret. (A rotation always leaves
+        # a live secret, so an account comes here once.)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(webhook_secrets).values(
+                        id=f"whs_{account_id}",
+                        account_id=account_id,
+                        secret=new_webhook_secret(),
+                        created_at=now,
+                        expires_at=None,
+                    )
                 )
-            )
+        except IntegrityError:
+            pass  # another first read added it
         async with self.engine.connect() as conn:
             return [r.secret for r in (await conn.execute(query)).all()]
 
     async def rotate_webhook_secret(self, account_id: str, grace_s: float) -> str:
-        """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
+        """A new secret; the newest current one stays valid for ``grace_s`` more seconds, and every other
+        one is removed, so that at most two secrets sign."""
         now = utcnow()
         secret = new_webhook_secret()
         async with self.engine.begin() as conn:
+            # Rotations of one account take turns (PostgreSQL; SQLite writes one at a time anyway), so that
+            # each sees the secret the one before it added and keeps that one as the previous.
+            await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+            newest = (
+                await conn.execute(
+                    select(webhook_secrets.c.id)
+                    .where(
+                        webhook_secrets.c.account_id == account_id,
+                        or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > now),
+                    )
+                    .order_by(webhook_secrets.c.created_at.desc(), webhook_secrets.c.id.desc())
+                    .limit(1)
+                )
+            ).scalar()
+            await conn.execute(
+                delete(webhook_secrets).where(
+                    webhook_secrets.c.account_id == account_id, webhook_secrets.c.id != newest
+                )
+                if newest is not None
+                else delete(webhook_secrets).where(webhook_secrets.c.account_id == account_id)
+            )
             await conn.execute(
                 update(webhook_secrets)
                 .where(

@@ -30,7 +30,13 @@ from . import rules
 from .accounts import append_entries, read_credits
 from .engines import Connection, Engine
 from .rows import PREDICTION_COLUMNS, idempotency_of, pending_delivery, prediction_of, prediction_values
-from .schema import UNFINISHED_SQL, idempotency_keys, predictions, webhook_deliveries
+from .schema import (
+    FAILED_KEEPING_INPUT_SQL,
+    UNFINISHED_SQL,
+    idempotency_keys,
+    predictions,
+    webhook_deliveries,
+)
 
 
 def _transition_statement(move: Move) -> Any:
@@ -215,6 +221,17 @@ class SqlPredictions:
         async with self.engine.begin() as conn:
             row = (await conn.execute(statement)).first()
         return prediction_of(row) if row else None
+
+    async def purge_failed_inputs(self, ended_before: datetime) -> int:
+        statement = (
+            update(predictions)
+            # word for word the partial index's condition, so that it is used
+            .where(FAILED_KEEPING_INPUT_SQL, predictions.c.completed_at < ended_before)
+            .values(input=None, data_removed=True)
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(statement)
+        return int(result.rowcount)
 
     # -- idempotency ---------------------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ def plan_of(row: Sequence[Any]) -> Plan:
         key_rate_limit=row[4],
         concurrency_limit=row[5],
         prepaid=bool(row[6]),
+        security_screen=bool(row[8]),
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     text,
+    true,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -131,6 +132,8 @@ plans = Table(
     Column("concurrency_limit", Integer, nullable=True),
     Column("prepaid", Boolean, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Last, as migration 0007 added it: rows are read by position (rows.plan_of).
+    Column("security_screen", Boolean, nullable=False, server_default=true()),
 )
 
 # Append-only. Balance = grants + adjustments - charges; reserved = reserves - releases.
@@ -184,6 +187,11 @@ api_keys = Table(
 
 UNFINISHED: tuple[Status, ...] = tuple(sorted(set(Status) - TERMINAL))
 UNFINISHED_SQL = text(f"status IN ({', '.join(repr(s.value) for s in UNFINISHED)})")
+# Failed predictions still holding their inputs, which the retention sweep removes (migration 0008).
+FAILED: tuple[Status, ...] = (Status.FAILED, Status.TIMED_OUT)
+FAILED_KEEPING_INPUT_SQL = text(
+    f"status IN ({', '.join(repr(s.value) for s in FAILED)}) AND NOT data_removed"
+)
 
 predictions = Table(
     "predictions",
@@ -212,6 +220,7 @@ predictions = Table(
     # PostgreSQL's index has the same condition (migration 0006), not declared here: naming a postgresql_
     # option makes SQLAlchemy import its PostgreSQL dialect, 2.4 MiB more in every embedded server.
     Index("ix_predictions_unfinished", "status", sqlite_where=UNFINISHED_SQL),
+    Index("ix_predictions_failed_inputs", "completed_at", sqlite_where=FAILED_KEEPING_INPUT_SQL),
 )
 
 idempotency_keys = Table(

@@ -1,6 +1,7 @@
 """Every check a submit passes before it is queued: the model exists and is served, the account may use it
 (plan, operator's switches, region, use case), the input matches the model's schema, inline media fit, and
-text passes the security screen and moderation. Each refusal is the catalog's error naming what failed."""
+text passes moderation and, where the model opts in and the plan keeps it on, the security screen. Each
+refusal is the catalog's error naming what failed."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class Admission:
             )
         validate_input(rules, request.input)
         self._check_inline_media(rules, request.input)
-        await self._screen_security(principal, request.input)
+        await self._screen_security(principal, screened_fields(principal, info, rules), request.input)
         self._moderate_text(rules, request.input)
         return info
 
@@ -110,24 +111,28 @@ class Admission:
                 f"{self._policy.max_inline_media_bytes} byte limit; send URLs instead.",
             )
 
-    async def _screen_security(self, principal: Principal, inputs: dict[str, Any]) -> None:
-        if self._security is None:
+    async def _screen_security(
+        self, principal: Principal, fields: tuple[str, ...], inputs: dict[str, Any]
+    ) -> None:
+        if self._security is None or not fields:
             return
-        finding = self._security.screen(inputs)
+        finding = self._security.screen({name: inputs[name] for name in fields if name in inputs})
         if finding is None:
             return
         since = utcnow() - timedelta(seconds=self._policy.security_window_s)
         count = await self._accounts.record_security_event(
             principal.account.id, finding.rule_id, finding.field, since
         )
+        exempt = principal.account.name in self._policy.never_suspend
         log.warning(
             "security violation",
             account=principal.account.id,
             rule=finding.rule_id,
             field=finding.field,
             count=count,
+            exempt=exempt,
         )
-        if count >= self._policy.suspend_after:
+        if count >= self._policy.suspend_after and not exempt:
             await self._accounts.update_account(
                 principal.account.id,
                 status=AccountStatus.SUSPENDED,
@@ -135,8 +140,8 @@ class Admission:
             )
         raise ApiError(
             ErrorId.SECURITY_VIOLATION,
-            f"{finding.field} was flagged as malicious ({finding.category}: {finding.rule_id}). "
-            "Repeated violations suspend the account.",
+            f"{finding.field} was flagged as malicious ({finding.category}: {finding.rule_id})."
+            + ("" if exempt else " Repeated violations suspend the account."),
         )
 
     def _moderate_text(self, rules: InputRules, inputs: dict[str, Any]) -> None:
@@ -156,6 +161,15 @@ class Admission:
                 ) from None
             if not verdict.allowed:
                 raise ApiError(ErrorId.CONTENT_POLICY_VIOLATION, f"input.{name}: {verdict.reason}")
+
+
+def screened_fields(principal: Principal, info: ModelInfo, rules: InputRules) -> tuple[str, ...]:
+    """The inputs the security screen reads: none unless the model opts in and the account's plan keeps
+    the screen on; then the ones the model names, or else its ``Prompt`` inputs. Free text in any other
+    input (an echo's text, a file path a user asks about) is the model's business, not an attack."""
+    if info.security_fields is None or not principal.plan.security_screen:
+        return ()
+    return info.security_fields or rules.moderated_fields
 
 
 def _check_entitlement(principal: Principal, info: ModelInfo, request: SubmitRequest) -> None:

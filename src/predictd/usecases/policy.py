@@ -19,4 +19,5 @@ class Policy:
     max_inline_media_bytes: int = 50 * 1024 * 1024
     suspend_after: int = 5
     security_window_s: float = 3600.0
+    never_suspend: frozenset[str] = frozenset()  # account names suspend_after never suspends
     access: AccessSettings = field(default_factory=AccessSettings)  # sign-ins and failed key checks
