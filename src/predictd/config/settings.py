@@ -419,10 +419,17 @@ class Settings(BaseSettings):
         default=5000, ge=0, description="A PostgreSQL write waits this long for a lock, then fails."
     )
     outputs_ttl_s: float = Field(default=72 * 3600, gt=0, description="How long output image URLs live.")
-    rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
-    rate_window_s: float = Field(default=60.0, gt=0, description="The window of rate_limit, in seconds.")
+    rate_limit: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Requests per rate_window_s per account."
+    )
+    rate_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=365 * 86400,
+        description="The window of rate_limit, in seconds (a year at most).",
+    )
     concurrency_limit: int | None = Field(
-        default=None, ge=1, description="In-flight predictions per account."
+        default=None, ge=1, le=2**31 - 1, description="In-flight predictions per account."
     )
     media: MediaSettings = Field(
         default_factory=MediaSettings,

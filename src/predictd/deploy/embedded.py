@@ -109,6 +109,8 @@ def policy(settings: Settings) -> Policy:
         access=settings.access,
         suspend_after=settings.security.suspend_after,
         security_window_s=settings.security.window_s,
+        webhook_allow_private=settings.webhooks.allow_private,
+        webhook_allowed_networks=tuple(settings.webhooks.allowed_networks),
     )
 
 

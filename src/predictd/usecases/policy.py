@@ -20,3 +20,6 @@ class Policy:
     suspend_after: int = 5
     security_window_s: float = 3600.0
     access: AccessSettings = field(default_factory=AccessSettings)  # sign-ins and failed key checks
+    # The webhook address guard's settings: a receiver it is certain to refuse is refused at submit.
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: tuple[str, ...] = ()
