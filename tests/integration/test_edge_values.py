@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 
 from predictd.errors import ErrorId
 
-from ..conftest import FIXTURE_MODELS_TOML, Server
+from ..conftest import FIXTURE_MODELS, FIXTURE_MODELS_TOML, Server
 from .test_fashn_api import assert_fashn_error
 from .test_native_api import assert_error
 
@@ -17,6 +18,10 @@ ADMIN_KEY = "adm_edge_values_suite_0a1b2c3d4e5f60718293"
 CONFIG = f"""
 admin_key = "{ADMIN_KEY}"
 {FIXTURE_MODELS_TOML}
+[[models]]
+slug = "nul"
+ref = "{FIXTURE_MODELS}:Nul"
+timeout_s = 20
 """
 
 
@@ -143,3 +148,78 @@ def test_a_year_long_rate_window_serves_its_plan(admin: httpx.Client, server: Se
     with server.client(key) as c:
         statuses = [c.get("/v1/models").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+# -- NUL characters (item 6) ---------------------------------------------------------------------------------
+
+
+def test_a_nul_anywhere_in_a_request_is_a_400_naming_where(client: httpx.Client, admin: httpx.Client) -> None:
+    """PostgreSQL stores no NUL; both backends refuse one alike, at the edge, never with a 500."""
+    nul = "a\x00b"
+    body = {"model": "echo", "input": {"text": nul}}
+    assert_error(client.post("/v1/predictions", json=body), ErrorId.INVALID_INPUT, "'input.text'", "NUL")
+    run = {"model_name": "echo", "inputs": {"text": nul}}
+    assert_fashn_error(client.post("/v1/run", json=run), ErrorId.INVALID_INPUT, "'inputs.text'", "NUL")
+    hooked = {"model": "echo", "input": {"text": "x"}, "webhook": {"url": f"https://{nul}.example/"}}
+    assert_error(client.post("/v1/predictions", json=hooked), ErrorId.INVALID_INPUT, "'webhook.url'")
+    keyed = {"model": "echo", "input": {"text": "x", nul: 1}}
+    assert_error(client.post("/v1/predictions", json=keyed), ErrorId.INVALID_INPUT, "NUL")
+    for path in ("/v1/predictions/abc%00", "/v1/predictions/abc%00/cancel", "/v1/model/ec%00ho"):
+        response = client.request("POST" if path.endswith("cancel") else "GET", path)
+        assert_error(response, ErrorId.INVALID_PARAMETER, "Path segment", "NUL")
+    assert_fashn_error(client.get("/v1/status/abc%00"), ErrorId.INVALID_PARAMETER, "Path segment")
+    listed = client.get("/v1/predictions", params={"model": nul})
+    assert_error(listed, ErrorId.INVALID_PARAMETER, "Query parameter 'model'", "NUL")
+    hook_param = client.post("/v1/run", params={"webhook_url": f"https://h/{nul}"}, json=run | {"inputs": {}})
+    assert_fashn_error(hook_param, ErrorId.INVALID_PARAMETER, "Query parameter 'webhook_url'")
+    # The operator's API: names in bodies and in paths, notes, plan models.
+    assert_error(admin.post("/admin/v1/accounts", json={"name": nul}), ErrorId.INVALID_INPUT, "'name'")
+    assert_error(admin.get("/admin/v1/accounts/a%00b"), ErrorId.INVALID_PARAMETER, "Path segment")
+    plan = admin.put("/admin/v1/plans/p", json={"models": ["echo", nul]})
+    assert_error(plan, ErrorId.INVALID_INPUT, "'models[1]'")
+    admin.post("/admin/v1/accounts", json={"name": "noted"})
+    noted = admin.post("/admin/v1/accounts/noted/credits", json={"amount": 1, "note": nul})
+    assert_error(noted, ErrorId.INVALID_INPUT, "'note'")
+    # Nothing of it was stored, and the server serves on.
+    assert all(a["name"] != nul for a in admin.get("/admin/v1/accounts").json()["data"])
+    done = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "ok"}, "await": True})
+    assert done.json()["status"] == "succeeded"
+
+
+def test_a_console_form_with_a_nul_is_refused_naming_the_field(server: Server) -> None:
+    from .test_console import csrf_of, sign_in
+
+    signed = sign_in(server, server.key())
+    try:
+        answer = signed.post("/console/keys", data={"label": "a\x00b", "csrf": csrf_of(signed)})
+        assert answer.status_code == 400, answer.text[:300]
+        assert "Form field &#39;label&#39; contains a NUL character" in answer.text
+    finally:
+        signed.close()
+
+
+@pytest.mark.parametrize(("kind", "where"), [("output", "at output,"), ("nested", "at output.items[1]")])
+def test_an_output_holding_a_nul_fails_its_prediction_by_name_and_frees_its_slot(
+    admin: httpx.Client, server: Server, kind: str, where: str
+) -> None:
+    """Scaled out this looped for ever (PostgreSQL refused the write; the slot stayed jammed past the
+    deadline, through cancel and restart). Now: failed by name, well within the model's 20 s deadline, on
+    both backends; the account's only slot and the model's worker both take the next prediction."""
+    admin.put("/admin/v1/plans/single", json={"concurrency_limit": 1})
+    admin.post("/admin/v1/accounts", json={"name": f"nul-{kind}", "plan": "single"})
+    key = admin.post(f"/admin/v1/accounts/nul-{kind}/keys", json={}).json()["key"]
+    with server.client(key) as c:
+        started = time.monotonic()
+        body = {"model": "nul", "input": {"kind": kind}, "await": True}
+        failed = c.post("/v1/predictions", json=body).json()
+        assert time.monotonic() - started < 10, failed
+        assert failed["status"] == "failed", failed
+        assert failed["error_name"] == "PipelineError"
+        assert "NUL character" in failed["error"], failed["error"]
+        assert where in failed["error"], failed["error"]
+        assert c.get(f"/v1/status/{failed['id']}").json()["status"] == "failed"
+        for model, inputs in (("echo", {"text": "next"}), ("nul", {"kind": "raise"})):
+            after = c.post("/v1/predictions", json={"model": model, "input": inputs, "await": True}).json()
+            assert after["status"] in ("succeeded", "failed"), after
+        assert after["error"] == "ValueError: bad\\u0000byte", after["error"]
+        assert c.get("/v1/account").json()["in_flight"] == 0

@@ -18,6 +18,7 @@ from predictd.runtime.outcomes import (
     deadline_failure,
     final_state,
     lost_run_failure,
+    storable,
 )
 
 NOW = datetime(2026, 1, 1)
@@ -84,4 +85,21 @@ def test_a_run_of_a_model_no_longer_served_fails_whatever_its_attempts() -> None
     assert (failure.error_name, failure.message.endswith("(model 'echo' is no longer served)")) == (
         "UnavailableError",
         True,
+    )
+
+
+def test_an_output_holding_a_nul_becomes_a_named_failure_and_failure_texts_are_escaped() -> None:
+    """PostgreSQL stores no NUL: what a run ends with is made storable the same way on both backends."""
+    assert storable(Succeeded({"a": ["ok"]}, 1.0)) == Succeeded({"a": ["ok"]}, 1.0)
+    failed = storable(Succeeded({"a": ["ok", "x\x00"]}, 1.5))
+    assert isinstance(failed, Failed)
+    assert (failed.error_name, failed.predict_time) == ("PipelineError", 1.5)
+    assert "NUL character" in failed.message
+    assert "at output.a[1]," in failed.message
+    keyed = storable(Succeeded({"k\x00": 1}, 1.0))
+    assert isinstance(keyed, Failed)
+    assert "\x00" not in keyed.message
+    assert "output.k\\u0000" in keyed.message
+    assert storable(Failed("PipelineError", "bad\x00byte", None)) == Failed(
+        "PipelineError", "bad\\u0000byte", None
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import orjson
 
+from ..core.nul import NUL, nul_path
 from ..errors import ApiError, ErrorId
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -53,7 +55,29 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             ErrorId.INVALID_INPUT,
             f"The request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects.",
         ) from None
+    # JSON can only carry a NUL escaped: when the bytes hold no escape, no value holds one (a C-fast look).
+    where = nul_path(value) if b"\\u0000" in raw else None
+    if where is not None:
+        raise ApiError(ErrorId.INVALID_INPUT, f"Field {where!r} contains {NUL_REFUSED}.")
     return value
+
+
+# PostgreSQL stores no NUL in text or jsonb; SQLite would. Refused in everything a request carries, on both
+# backends alike, so that a deployment answers the same whichever database it runs on.
+NUL_REFUSED = "a NUL character (\\u0000, %00), which predictd accepts in no value"
+
+
+def nul_in_target(path: str, query: bytes) -> ApiError | None:
+    """The refusal of a request whose path or query string carries a NUL character (``%00``), naming the
+    path segment or query parameter; None for every other request (two substring looks)."""
+    if NUL in path:
+        segment = next(part for part in path.split("/") if NUL in part)
+        return ApiError(ErrorId.INVALID_PARAMETER, f"Path segment {segment!r} contains {NUL_REFUSED}.")
+    if b"%00" in query:
+        pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        name = next((n for n, v in pairs if NUL in n or NUL in v), "")
+        return ApiError(ErrorId.INVALID_PARAMETER, f"Query parameter {name!r} contains {NUL_REFUSED}.")
+    return None
 
 
 def require_fields(body: dict[str, Any], *names: str) -> None:

@@ -36,7 +36,7 @@ from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
 from ..core.ports import Job, RunRecords, WorkSource
 from ..errors import without_paths
-from .outcomes import Outcome, WorkerDied
+from .outcomes import Outcome, WorkerDied, storable
 from .pipeline import MODEL_TIMEOUT_ENV
 from .process import WorkerProcess, WorkerStartError
 
@@ -306,7 +306,7 @@ class Supervisor:
         assert slot.worker is not None
         slot.current = job.prediction_id
         try:
-            outcome = await slot.worker.answer(job.prediction_id, slot.model.timeout_s)
+            outcome = storable(await slot.worker.answer(job.prediction_id, slot.model.timeout_s))
         finally:
             slot.current = None
             self._idle.set()
