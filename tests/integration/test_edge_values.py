@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -223,3 +224,99 @@ def test_an_output_holding_a_nul_fails_its_prediction_by_name_and_frees_its_slot
             assert after["status"] in ("succeeded", "failed"), after
         assert after["error"] == "ValueError: bad\\u0000byte", after["error"]
         assert c.get("/v1/account").json()["in_flight"] == 0
+
+
+# -- contention (item 8) -------------------------------------------------------------------------------------
+
+BUSY_TOML = """
+sqlite_busy_timeout_ms = 300
+postgres_lock_timeout_ms = 300
+"""
+
+
+def assert_busy(response: httpx.Response, fashn: bool = False) -> None:
+    """503 with Retry-After, retryable: contention is a reason to come back, never a 500."""
+    if fashn:
+        assert_fashn_error(response, ErrorId.SERVICE_UNAVAILABLE, "database is busy")
+    else:
+        assert_error(response, ErrorId.SERVICE_UNAVAILABLE, "database is busy")
+    assert response.status_code == 503
+    assert response.json()["retryable"] is True
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_writes_against_a_locked_database_are_503_with_retry_after(make_server: Any) -> None:
+    """Another connection holds the write lock past the busy / lock timeout (SQLite BEGIN IMMEDIATE;
+    PostgreSQL LOCK TABLE ... EXCLUSIVE): each surface answers 503 + Retry-After, retryable; once the lock is
+    gone the same requests succeed."""
+    server = make_server(f'admin_key = "{ADMIN_KEY}"\n{BUSY_TOML}')
+    key = server.key()
+    with (
+        server.client(key) as c,
+        httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin,
+    ):
+        with server.database_write_lock():
+            started = time.monotonic()
+            assert_busy(c.post("/v1/predictions", json={"model": "echo", "input": {"text": "locked"}}))
+            assert time.monotonic() - started < 5
+            assert_busy(
+                c.post("/v1/run", json={"model_name": "echo", "inputs": {"text": "locked"}}), fashn=True
+            )
+            assert_busy(c.post("/v1/webhooks/secret/rotate"))
+            assert_busy(admin.post("/admin/v1/accounts", json={"name": "while-locked"}))
+        assert c.post("/v1/predictions", json={"model": "echo", "input": {"text": "free"}}).status_code == 201
+        assert admin.post("/admin/v1/accounts", json={"name": "after-lock"}).status_code == 201
+    assert "database busy; answered 503" in server.log()
+
+
+def test_database_failures_are_told_apart_from_real_ones(tmp_path: Any, pg_database: str) -> None:
+    """store/failures.py on the real engines' own errors: contention (a 503 to retry) and a refused value
+    (a run failed by name) on SQLite and PostgreSQL, nothing for any other failure."""
+    import asyncio
+    import sqlite3
+
+    import asyncpg
+
+    from predictd.store import contention, unstorable
+
+    path = tmp_path / "db.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (n INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    holder.execute("ROLLBACK")
+    with pytest.raises(OverflowError) as too_big:
+        other.execute("INSERT INTO t VALUES (?)", (2**70,))
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        other.execute("INSERT INTO nowhere VALUES (1)")
+    assert contention(locked.value) is not None
+    assert unstorable(locked.value) is None
+    assert unstorable(too_big.value) is not None
+    assert contention(too_big.value) is None
+    assert contention(missing.value) is None
+    assert unstorable(missing.value) is None
+
+    async def postgres() -> tuple[BaseException, BaseException]:
+        url = pg_database.replace("+asyncpg", "")
+        first, second = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            await first.execute("CREATE TABLE t (v jsonb)")
+            with pytest.raises(asyncpg.PostgresError) as nul:
+                await second.execute("INSERT INTO t VALUES ($1::jsonb)", '"a\\u0000b"')
+            async with first.transaction():
+                await first.execute("LOCK TABLE t IN EXCLUSIVE MODE")
+                await second.execute("SET lock_timeout = 100")
+                with pytest.raises(asyncpg.PostgresError) as lock:
+                    await second.execute("INSERT INTO t VALUES ('1')")
+            return nul.value, lock.value
+        finally:
+            await first.close()
+            await second.close()
+
+    refused, lock = asyncio.run(postgres())
+    assert unstorable(refused) is not None
+    assert contention(refused) is None
+    assert contention(lock) == "a lock held by another transaction past lock_timeout"
+    assert unstorable(lock) is None

@@ -19,6 +19,7 @@ from predictd.runtime.outcomes import (
     final_state,
     lost_run_failure,
     storable,
+    unstorable_failure,
 )
 
 NOW = datetime(2026, 1, 1)
@@ -103,3 +104,13 @@ def test_an_output_holding_a_nul_becomes_a_named_failure_and_failure_texts_are_e
     assert storable(Failed("PipelineError", "bad\x00byte", None)) == Failed(
         "PipelineError", "bad\\u0000byte", None
     )
+
+
+def test_an_outcome_the_database_refuses_is_recorded_as_a_named_failure() -> None:
+    reason = "PostgreSQL refused a value (22P05: unsupported Unicode escape sequence)"
+    for ended in (Succeeded("x", 2.0), Failed("PoseError", "no pose", 2.0)):
+        failed = unstorable_failure(ended, reason)
+        assert failed == Failed(
+            "PipelineError", f"the prediction's outcome could not be stored: {reason}", 2.0
+        )
+    assert unstorable_failure(Cancelled(1.0), reason) == Cancelled(1.0)

@@ -95,6 +95,15 @@ def storable(outcome: Outcome) -> Outcome:
     return outcome
 
 
+def unstorable_failure(outcome: Outcome, reason: str) -> Outcome:
+    """What is recorded instead of an ended run whose outcome the database refused (``reason``): a failure
+    by name, which it can store, rather than a write retried for ever."""
+    if isinstance(outcome, Succeeded | Failed):
+        why = f"the prediction's outcome could not be stored: {escape_nul(reason)}"
+        return Failed(PIPELINE_ERROR.name, why, outcome.predict_time)
+    return outcome
+
+
 def final_state(
     outcome: Succeeded | Failed | Cancelled, model: ModelInfo | None, now: datetime
 ) -> tuple[Status, dict[str, Any]]:
