@@ -54,6 +54,7 @@ class ErrorId(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_SETUP_FAILED = "MODEL_SETUP_FAILED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     # Refused by the HTTP connection itself, before any route runs (api/connection/protocol.py).
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     URI_TOO_LONG = "URI_TOO_LONG"
@@ -237,6 +238,15 @@ API_ERRORS: dict[ErrorId, ApiErrorSpec] = {
             False,
             "The model failed to start; an operator must fix it before it can run.",
             native_error_id=_E.MODEL_UNAVAILABLE,
+        ),
+        # Contention, not a fault: the database is busy with other writers (a lock held past its timeout,
+        # a serialization failure, no connection free). Trying again shortly succeeds.
+        _api(
+            _E.SERVICE_UNAVAILABLE,
+            503,
+            "ServiceUnavailable",
+            True,
+            "The database is busy with other writes; retry after Retry-After.",
         ),
         _api(
             _E.REQUEST_TIMEOUT,

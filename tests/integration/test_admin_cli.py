@@ -121,6 +121,25 @@ def test_cli_errors_are_named_and_exit_non_zero(make_server: Any) -> None:
     assert "positive" in negative.stderr
 
 
+def test_cli_refuses_numbers_beyond_their_bounds_as_the_admin_api_does(make_server: Any) -> None:
+    """The same use case checks both (issue #22): nothing is written, and the message names the field."""
+    server = make_server()
+    ok(server, "accounts", "create", "bounded")
+    for amount in ("1e300", "inf", "nan"):
+        huge = cli(server, "credits", "adjust", "bounded", amount)
+        assert huge.returncode == 1, huge.stdout
+        assert "INVALID_INPUT" in huge.stderr
+        assert "amount must be a finite number" in huge.stderr
+    window = cli(server, "plans", "set", "forever", "--rate-limit", "5", "--rate-window-s", "1e308")
+    assert window.returncode == 1, window.stdout
+    assert "rate_window_s must be" in window.stderr
+    limit = cli(server, "plans", "set", "wide", "--concurrency-limit", str(2**31))
+    assert limit.returncode == 1, limit.stdout
+    assert "concurrency_limit must be 1 to 2147483647" in limit.stderr
+    assert "forever" not in ok(server, "plans", "list")
+    assert "'balance': 0.0" in ok(server, "credits", "show", "bounded")
+
+
 def test_sdk_reads_the_account_and_its_credits(make_server: Any) -> None:
     server = make_server()
     ok(server, "plans", "set", "paid", "--prepaid", "--no-security-screen")

@@ -549,7 +549,9 @@ def test_oversized_body_is_an_infrastructure_error(make_server: Any) -> None:
 
 
 @pytest.mark.backends("embedded")
-def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
+def test_service_unavailable_when_the_database_is_locked(make_server: Any) -> None:
+    """Contention is no fault: 503 with Retry-After and retryable, naming nothing of the engine; the log
+    says what it was busy with, with the request id."""
     locked = make_server("sqlite_busy_timeout_ms = 200\n")
     key = locked.key()
     holder = sqlite3.connect(locked.data_dir / "predictd.sqlite3", isolation_level=None)
@@ -557,14 +559,15 @@ def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
         holder.execute("BEGIN EXCLUSIVE")
         with locked.client(key) as client:
             response = client.post("/v1/predictions", json={"model": "echo", "input": {"text": "x"}})
-            body = assert_error(response, ErrorId.INTERNAL_ERROR, response.headers["x-request-id"])
+            body = assert_error(response, ErrorId.SERVICE_UNAVAILABLE, response.headers["x-request-id"])
+            assert response.headers["retry-after"] == "1"
             assert "sqlite" not in response.text.lower()
             assert "database is locked" not in response.text
         holder.execute("ROLLBACK")
     finally:
         holder.close()
-    assert body["request_id"] in locked.log(), "the failure is logged with its request id"
-    assert "database is locked" in locked.log()
+    assert body["request_id"] in locked.log(), "the contention is logged with its request id"
+    assert "SQLite database locked by another writer past sqlite_busy_timeout_ms" in locked.log()
     with locked.client(key) as client:
         assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
 
@@ -573,7 +576,30 @@ def test_internal_error_when_the_database_is_locked(make_server: Any) -> None:
 def test_an_internal_error_on_a_routed_request_is_answered_and_logged_once(make_server: Any) -> None:
     """The direct routes answer their own errors; every other route goes through Starlette's error layer,
     which answers and then re-raises: the error must still be logged once, with its request id, and not
-    reach uvicorn (which would log it again and drop the keep-alive connection)."""
+    reach uvicorn (which would log it again and drop the keep-alive connection). The fault: a table an
+    operator renamed away from under the server (contention would be a 503, test above)."""
+    broken = make_server()
+    key = broken.key()
+    holder = sqlite3.connect(broken.data_dir / "predictd.sqlite3", isolation_level=None)
+    with broken.client(key) as client:
+        try:
+            holder.execute("ALTER TABLE webhook_secrets RENAME TO webhook_secrets_away")
+            response = client.post("/v1/webhooks/secret/rotate")  # routed, written through SQLAlchemy
+            body = assert_error(response, ErrorId.INTERNAL_ERROR, response.headers["x-request-id"])
+            holder.execute("ALTER TABLE webhook_secrets_away RENAME TO webhook_secrets")
+        finally:
+            holder.close()
+        # uvicorn would log after the answer: a later answer on the same connection comes after that.
+        assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
+    log = broken.log()
+    assert log.count(body["request_id"]) == 1, "logged once, with its request id"
+    assert log.count("unhandled error") == 1
+    assert "Exception in ASGI application" not in log
+
+
+@pytest.mark.backends("embedded")
+def test_contention_on_a_routed_request_is_answered_and_logged_once(make_server: Any) -> None:
+    """The 503 of contention takes the same error layer as an internal error: logged once, not by uvicorn."""
     locked = make_server("sqlite_busy_timeout_ms = 200\n")
     key = locked.key()
     holder = sqlite3.connect(locked.data_dir / "predictd.sqlite3", isolation_level=None)
@@ -581,15 +607,15 @@ def test_an_internal_error_on_a_routed_request_is_answered_and_logged_once(make_
         try:
             holder.execute("BEGIN EXCLUSIVE")
             response = client.post("/v1/webhooks/secret/rotate")  # routed, written through SQLAlchemy
-            body = assert_error(response, ErrorId.INTERNAL_ERROR, response.headers["x-request-id"])
+            body = assert_error(response, ErrorId.SERVICE_UNAVAILABLE, response.headers["x-request-id"])
             holder.execute("ROLLBACK")
         finally:
             holder.close()
-        # uvicorn would log after the answer: a later answer on the same connection comes after that.
         assert submit(client, "echo", {"text": "back"}, wait=True)["output"] == "back"
     log = locked.log()
     assert log.count(body["request_id"]) == 1, "logged once, with its request id"
-    assert log.count("unhandled error") == 1
+    assert log.count("database busy; answered 503") == 1
+    assert "unhandled error" not in log
     assert "Exception in ASGI application" not in log
 
 

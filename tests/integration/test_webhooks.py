@@ -316,13 +316,37 @@ def test_rotating_again_and_again_keeps_two_secrets(make_server: Any, receiver: 
 def test_webhook_urls_on_private_addresses_are_refused_by_default(
     make_server: Any, receiver: Receiver
 ) -> None:
+    """An address the guard is sure to refuse is the submit's 400, naming the setting that allows it."""
     server = make_server("[webhooks]\nschedule_s = [0.2]\n")
+    receiver.start()
+    with server.client(server.key()) as client:
+        refused = client.post(
+            "/v1/predictions",
+            json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error_id"] == "INVALID_INPUT"
+        assert "loopback" in refused.json()["message"]
+        assert "[webhooks] allow_private" in refused.json()["message"]
+    assert receiver.received == []
+
+
+def test_webhook_names_resolving_to_private_addresses_are_refused_as_they_are_sent(
+    make_server: Any, receiver: Receiver
+) -> None:
+    """A DNS name is judged as it resolves, at every attempt: ``localhost`` may be ::1, which this
+    deployment allows, so the submit is accepted; it resolves to 127.0.0.1, which it does not."""
+    server = make_server('[webhooks]\nschedule_s = [0.2]\nallowed_networks = ["::1/128"]\n')
     receiver.start()
     with server.client(server.key()) as client:
         receiver.secrets = secrets_of(client)
         prediction_id = client.post(
             "/v1/predictions",
-            json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
+            json={
+                "model": "echo",
+                "input": {"text": "x"},
+                "webhook": {"url": f"http://localhost:{receiver.port}/hook"},
+            },
         ).json()["id"]
         wait_until(lambda: first_delivery(client, prediction_id)["status"] == "failed", what="giving up")
         (delivery,) = deliveries(client, prediction_id)

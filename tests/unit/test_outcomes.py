@@ -18,6 +18,8 @@ from predictd.runtime.outcomes import (
     deadline_failure,
     final_state,
     lost_run_failure,
+    storable,
+    unstorable_failure,
 )
 
 NOW = datetime(2026, 1, 1)
@@ -83,3 +85,30 @@ def test_a_run_of_a_model_no_longer_served_fails_whatever_its_attempts() -> None
         "UnavailableError",
         True,
     )
+
+
+def test_an_output_holding_a_nul_becomes_a_named_failure_and_failure_texts_are_escaped() -> None:
+    """PostgreSQL stores no NUL: what a run ends with is made storable the same way on both backends."""
+    assert storable(Succeeded({"a": ["ok"]}, 1.0)) == Succeeded({"a": ["ok"]}, 1.0)
+    failed = storable(Succeeded({"a": ["ok", "x\x00"]}, 1.5))
+    assert isinstance(failed, Failed)
+    assert (failed.error_name, failed.predict_time) == ("PipelineError", 1.5)
+    assert "NUL character" in failed.message
+    assert "at output.a[1]," in failed.message
+    keyed = storable(Succeeded({"k\x00": 1}, 1.0))
+    assert isinstance(keyed, Failed)
+    assert "\x00" not in keyed.message
+    assert "output.k\\u0000" in keyed.message
+    assert storable(Failed("PipelineError", "bad\x00byte", None)) == Failed(
+        "PipelineError", "bad\\u0000byte", None
+    )
+
+
+def test_an_outcome_the_database_refuses_is_recorded_as_a_named_failure() -> None:
+    reason = "PostgreSQL refused a value (22P05: unsupported Unicode escape sequence)"
+    for ended in (Succeeded("x", 2.0), Failed("PoseError", "no pose", 2.0)):
+        failed = unstorable_failure(ended, reason)
+        assert failed == Failed(
+            "PipelineError", f"the prediction's outcome could not be stored: {reason}", 2.0
+        )
+    assert unstorable_failure(Cancelled(1.0), reason) == Cancelled(1.0)

@@ -53,8 +53,25 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return _render(request, ApiError(ErrorId.INVALID_PARAMETER, f"{where}: {first.get('msg')}"))
 
 
+# Contention clears within moments (another writer's transaction ends): when a client may try again.
+BUSY_RETRY_AFTER_S = 1
+
+
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
     request_id = request_id_of(request)
+    busy = _contention(request, exc)
+    if busy is not None:
+        # The reason names the engine and the setting to look at; the client is told only to come back.
+        log.warning("database busy; answered 503", request_id=request_id, path=request.url.path, reason=busy)
+        return _render(
+            request,
+            ApiError(
+                ErrorId.SERVICE_UNAVAILABLE,
+                f"The database is busy with other writes; retry in {BUSY_RETRY_AFTER_S} s "
+                f"(quote request id {request_id} if it lasts).",
+                retry_after=BUSY_RETRY_AFTER_S,
+            ),
+        )
     if isinstance(exc, ClientDisconnect):
         # The client left while its body was read, or the connection cut it off (a body too slow, see
         # connection/protocol.py): nothing failed here, and the answer below goes nowhere.
@@ -68,6 +85,11 @@ async def _on_unhandled(request: Request, exc: Exception) -> Response:
     # Starlette's error layer answers a routed request's unhandled errors before RequestContext sees them.
     response.headers["x-request-id"] = request_id
     return response
+
+
+def _contention(request: Request, exc: Exception) -> str | None:
+    deployment = getattr(request.scope.get("app"), "deployment", None)
+    return None if deployment is None else deployment.contention(exc)
 
 
 class PredictdApp(FastAPI):

@@ -36,6 +36,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..core import keys as api_keys
 from ..core.domain import NATIVE_STATUS, Prediction, Principal, Status, from_micros, utcnow
+from ..core.nul import nul_path
 from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
 from ..usecases.admission import SubmitRequest
@@ -229,7 +230,11 @@ async def _form(request: Request) -> dict[str, str]:
     parsed = urllib.parse.parse_qs(
         (await request.body()).decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20
     )
-    return {name: values[0] for name, values in parsed.items()}
+    form = {name: values[0] for name, values in parsed.items()}
+    where = nul_path(form)
+    if where is not None:
+        raise ApiError(ErrorId.INVALID_INPUT, f"Form field {where!r} contains {parsing.NUL_REFUSED}.")
+    return form
 
 
 def _forbidden(request: Request, signed: Signed | None, why: str) -> Response:

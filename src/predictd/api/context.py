@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import ApiError, ErrorId
 from ..telemetry.metrics import Metrics
 from .fast import AnswerNow, FastRoutes
+from .parsing import nul_in_target
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -96,6 +97,16 @@ class RequestContext:
             return
         request_id = _request_id(scope["headers"])
         started = time.perf_counter()
+        refused = nul_in_target(scope["path"], scope["query_string"])
+        if refused is not None and self.render_error is not None:
+            # Before any route: every id, name and filter it could reach is refused alike, fast lane included.
+            scope.setdefault("state", {})["request_id"] = request_id
+            refusal = self.render_error(Request(scope), refused)
+            await _send_whole(refusal, request_id, None, send)
+            self.metrics.observe_http(
+                scope["method"], "unmatched", refusal.status_code, time.perf_counter() - started
+            )
+            return
         fast_routes = self.fast_routes
         fast = fast_routes.match(scope) if fast_routes is not None else None
         principal = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import orjson
 
+from ..core.nul import NUL, nul_path
 from ..errors import ApiError, ErrorId
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -17,6 +19,9 @@ _SPACE_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
 MAX_JSON_DEPTH = 254
 # The largest integer a query parameter may carry (see positive_int).
 MAX_QUERY_INT = 2**31 - 1
+# The dates a query parameter may name (see iso_datetime).
+EARLIEST_DATE = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_DATE = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def require_json_content_type(content_type: str | None) -> None:
@@ -50,7 +55,29 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             ErrorId.INVALID_INPUT,
             f"The request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects.",
         ) from None
+    # JSON can only carry a NUL escaped: when the bytes hold no escape, no value holds one (a C-fast look).
+    where = nul_path(value) if b"\\u0000" in raw else None
+    if where is not None:
+        raise ApiError(ErrorId.INVALID_INPUT, f"Field {where!r} contains {NUL_REFUSED}.")
     return value
+
+
+# PostgreSQL stores no NUL in text or jsonb; SQLite would. Refused in everything a request carries, on both
+# backends alike, so that a deployment answers the same whichever database it runs on.
+NUL_REFUSED = "a NUL character (\\u0000, %00), which predictd accepts in no value"
+
+
+def nul_in_target(path: str, query: bytes) -> ApiError | None:
+    """The refusal of a request whose path or query string carries a NUL character (``%00``), naming the
+    path segment or query parameter; None for every other request (two substring looks)."""
+    if NUL in path:
+        segment = next(part for part in path.split("/") if NUL in part)
+        return ApiError(ErrorId.INVALID_PARAMETER, f"Path segment {segment!r} contains {NUL_REFUSED}.")
+    if b"%00" in query:
+        pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        name = next((n for n, v in pairs if NUL in n or NUL in v), "")
+        return ApiError(ErrorId.INVALID_PARAMETER, f"Query parameter {name!r} contains {NUL_REFUSED}.")
+    return None
 
 
 def require_fields(body: dict[str, Any], *names: str) -> None:
@@ -102,15 +129,31 @@ def iso_datetime(name: str, raw: str | None, *, end_of_day: bool = False) -> dat
         if _DATE_ONLY.match(text):
             day = datetime.fromisoformat(text).date()
             moment = datetime.combine(day, time.min, tzinfo=UTC)
-            return moment + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else moment
-        value = datetime.fromisoformat(text)
+            value = moment + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else moment
+        else:
+            value = datetime.fromisoformat(text)
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise ApiError(
             ErrorId.INVALID_DATE_FORMAT,
             f"Query parameter {name!r} must be an ISO 8601 date or date-time "
             f"(e.g. 2026-11-22 or 2026-11-22T10:00:00Z), got {raw!r}.",
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # a whole day, or an offset, past the ends of the calendar
+        raise _date_out_of_range(name, raw) from None
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise _date_out_of_range(name, raw)
+    return value
+
+
+def _date_out_of_range(name: str, raw: str) -> ApiError:
+    # A day inside the calendar's ends, so that no day arithmetic (a whole day, a time zone) on the way to
+    # either database can step past them (Python raises OverflowError there: a 500).
+    return ApiError(
+        ErrorId.INVALID_PARAMETER,
+        f"Query parameter {name!r} must be between {EARLIEST_DATE.date()} and {LATEST_DATE.date()} (UTC), "
+        f"got {raw!r}.",
+    )
 
 
 def date_range(

@@ -36,6 +36,10 @@ class Deployment(Protocol):
     live_workers: Callable[[], int] | None  # scaled out: `predictd worker`s announcing themselves
     redis: tuple[Redis, RedisKeys] | None  # scaled out: state shared by the API processes
 
+    def contention(self, failure: BaseException) -> str | None:
+        """What the database was busy with, when ``failure`` is contention (store/contention.py)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -71,7 +71,9 @@ def limits(field: FieldInfo) -> str:
     for rule in field.metadata:
         for attribute, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if isinstance(rule, getattr(annotated_types, attribute.capitalize())):
-                shown.append(f"{sign} {getattr(rule, attribute):g}")
+                bound = getattr(rule, attribute)
+                # An integer bound exactly (2147483647, not 2.14748e+09); a float as short as it reads.
+                shown.append(f"{sign} {bound}" if isinstance(bound, int) else f"{sign} {bound:g}")
         if isinstance(rule, annotated_types.MinLen):
             shown.append(f"at least {rule.min_length} characters")
         pattern = getattr(rule, "pattern", None)

@@ -488,10 +488,17 @@ class Settings(BaseSettings):
         "`GET /v1/predictions/{id}` and run again from the console; then they are removed "
         "(`data_removed: true`), within this long again or 10 minutes, whichever is less.",
     )
-    rate_limit: int | None = Field(default=None, ge=1, description="Requests per rate_window_s per account.")
-    rate_window_s: float = Field(default=60.0, gt=0, description="The window of rate_limit, in seconds.")
+    rate_limit: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Requests per rate_window_s per account."
+    )
+    rate_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=365 * 86400,
+        description="The window of rate_limit, in seconds (a year at most).",
+    )
     concurrency_limit: int | None = Field(
-        default=None, ge=1, description="In-flight predictions per account."
+        default=None, ge=1, le=2**31 - 1, description="In-flight predictions per account."
     )
     media: MediaSettings = Field(
         default_factory=MediaSettings,

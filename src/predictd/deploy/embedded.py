@@ -24,7 +24,8 @@ from ..runtime.pipeline import CONFIG_ENV, WorkerConfig
 from ..runtime.supervisor import Supervisor
 from ..safety.security import SecurityScreen
 from ..safety.text import TextModerator, TextPolicy
-from ..store import Database, open_database
+from ..store import Database, open_database, unstorable
+from ..store import contention as database_contention
 from ..telemetry.metrics import Metrics
 from ..usecases import UseCases
 from ..usecases.access import Access
@@ -61,6 +62,10 @@ class Deployment:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     live_workers: Callable[[], int] | None = None  # scaled out: `predictd worker`s announcing themselves
     redis: tuple[Redis, RedisKeys] | None = None  # scaled out: state shared by the API processes
+
+    def contention(self, failure: BaseException) -> str | None:
+        """What the database was busy with, when ``failure`` is contention (a 503 to retry, not a 500)."""
+        return database_contention(failure)
 
     async def close(self) -> None:
         await cancel_and_wait(self.tasks)
@@ -110,6 +115,8 @@ def policy(settings: Settings) -> Policy:
         suspend_after=settings.security.suspend_after,
         security_window_s=settings.security.window_s,
         never_suspend=frozenset(settings.security.never_suspend),
+        webhook_allow_private=settings.webhooks.allow_private,
+        webhook_allowed_networks=tuple(settings.webhooks.allowed_networks),
     )
 
 
@@ -242,6 +249,7 @@ def build_supervisor(
         start_timeout_s=settings.worker_start_timeout_s,
         cancel_grace_s=settings.cancel_grace_s,
         worker_env={CONFIG_ENV: worker_config(settings, outputs).to_env()},
+        unstorable=unstorable,
     )
 
 

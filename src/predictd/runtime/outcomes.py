@@ -30,7 +30,8 @@ from datetime import datetime
 from typing import Any
 
 from ..core.domain import ModelInfo, Prediction, Status, price_of
-from ..errors import DEADLINE_EXCEEDED, UNAVAILABLE_ERROR
+from ..core.nul import NUL, escape_nul, nul_path
+from ..errors import DEADLINE_EXCEEDED, PIPELINE_ERROR, UNAVAILABLE_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,34 @@ SERVER_STOPPED = ServerStopped()
 
 def deadline_failure(timeout_s: float) -> Failed:
     return Failed(DEADLINE_EXCEEDED.name, f"prediction exceeded its {timeout_s:g} s deadline", timeout_s)
+
+
+def storable(outcome: Outcome) -> Outcome:
+    """``outcome`` as both databases can store it. PostgreSQL keeps no NUL character in text or jsonb
+    (SQLite would): an output holding one fails its prediction by name, on both backends alike, instead of
+    a write retried forever; a NUL in a failure's text is written as the six characters ``\\u0000``."""
+    if isinstance(outcome, Succeeded):
+        where = nul_path(outcome.output, "output")
+        if where is None:
+            return outcome
+        return Failed(
+            PIPELINE_ERROR.name,
+            f"the model's output holds a NUL character (\\u0000) at {escape_nul(where)}, which predictd "
+            "cannot store",
+            outcome.predict_time,
+        )
+    if isinstance(outcome, Failed) and (NUL in outcome.message or NUL in outcome.error_name):
+        return Failed(escape_nul(outcome.error_name), escape_nul(outcome.message), outcome.predict_time)
+    return outcome
+
+
+def unstorable_failure(outcome: Outcome, reason: str) -> Outcome:
+    """What is recorded instead of an ended run whose outcome the database refused (``reason``): a failure
+    by name, which it can store, rather than a write retried for ever."""
+    if isinstance(outcome, Succeeded | Failed):
+        why = f"the prediction's outcome could not be stored: {escape_nul(reason)}"
+        return Failed(PIPELINE_ERROR.name, why, outcome.predict_time)
+    return outcome
 
 
 def final_state(

@@ -36,7 +36,7 @@ from ..core.background import cancel_and_wait
 from ..core.domain import ModelInfo, Prediction
 from ..core.ports import Job, RunRecords, WorkSource
 from ..errors import without_paths
-from .outcomes import Outcome, WorkerDied
+from .outcomes import Outcome, WorkerDied, storable, unstorable_failure
 from .pipeline import MODEL_TIMEOUT_ENV
 from .process import WorkerProcess, WorkerStartError
 
@@ -86,8 +86,11 @@ class Supervisor:
         start_timeout_s: float,
         cancel_grace_s: float,
         worker_env: dict[str, str] | None = None,
+        unstorable: Callable[[BaseException], str | None] = lambda failure: None,
     ) -> None:
         self._worker_env = worker_env or {}
+        # Why the store refused a value, when a write failed because of one (store/failures.py).
+        self._unstorable = unstorable
         self._models = {m.slug: m for m in models}
         self._source = source
         self._runs = runs
@@ -306,7 +309,7 @@ class Supervisor:
         assert slot.worker is not None
         slot.current = job.prediction_id
         try:
-            outcome = await slot.worker.answer(job.prediction_id, slot.model.timeout_s)
+            outcome = storable(await slot.worker.answer(job.prediction_id, slot.model.timeout_s))
         finally:
             slot.current = None
             self._idle.set()
@@ -331,20 +334,46 @@ class Supervisor:
         ids = [j.prediction_id for j in more if not j.orphaned]
         pricing = self._pricing[slot.model.slug]
         outcomes = [(prediction, outcome) for _, prediction, outcome in ended]
-        write = partial(self._runs.record_many_and_claim, outcomes, pricing, ids)
-        recorded, claimed = await self._store("record", ended[0][0].prediction_id, write)
+
+        def write() -> Awaitable[tuple[list[tuple[Prediction | None, bool]], list[Prediction | None]]]:
+            return self._runs.record_many_and_claim(outcomes, pricing, ids)
+
+        def give_up(reason: str) -> None:
+            nonlocal outcomes
+            log.error(
+                "outcome cannot be stored; failing its prediction",
+                model=slot.model.slug,
+                predictions=[p.id for p, _ in outcomes],
+                reason=reason,
+            )
+            outcomes = [(prediction, unstorable_failure(outcome, reason)) for prediction, outcome in outcomes]
+
+        recorded, claimed = await self._store("record", ended[0][0].prediction_id, write, give_up)
         for (job, _, _), (_, requeue) in zip(ended, recorded, strict=True):
             await self._hand_back(job, requeue)
         await self._dispatch(slot, more, dict(zip(ids, claimed, strict=True)), sent)
 
-    async def _store(self, what: str, prediction_id: str, write: Callable[[], Awaitable[T]]) -> T:
+    async def _store(
+        self,
+        what: str,
+        prediction_id: str,
+        write: Callable[[], Awaitable[T]],
+        give_up: Callable[[str], None] | None = None,
+    ) -> T:
         """Retry a store write until it succeeds. A failure must neither end the slot's loop (its model
-        would look available while no one takes its work) nor lose the outcome of a prediction that ran."""
+        would look available while no one takes its work) nor lose the outcome of a prediction that ran.
+        One the database refuses for a value it holds can never succeed: ``give_up`` replaces the value
+        (once), and the write is tried again at once."""
         failures = 0
         while True:
             try:
                 return await write()
             except Exception as exc:
+                refused = self._unstorable(exc)
+                if refused is not None and give_up is not None:
+                    give_up(refused)
+                    give_up = None
+                    continue
                 delay = STORE_RETRY_S[min(failures, len(STORE_RETRY_S) - 1)]
                 failures += 1
                 log.error(

@@ -2,5 +2,6 @@
 store per aggregate (accounts.py, predictions.py, deliveries.py) and their rules in one module (rules.py)."""
 
 from .database import Database, open_database
+from .failures import contention, unstorable
 
-__all__ = ["Database", "open_database"]
+__all__ = ["Database", "contention", "open_database", "unstorable"]

@@ -52,7 +52,7 @@ CHECKPOINT_EVERY = 500
 _BUSY_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return bool(code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
@@ -261,7 +261,7 @@ class FastConnection:
             try:
                 return action(db)
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
                 waits = waits or _busy_waits(self._busy_timeout_s)
                 delay = next(waits, None)
@@ -320,7 +320,7 @@ class FastConnection:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 return _Outcome.BUSY
             _fail(batch, exc)
             return _Outcome.DONE

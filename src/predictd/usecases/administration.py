@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..core import keys
 from ..core.domain import Account, AccountStatus, ApiKey, Credits, LedgerEntry, Plan, to_micros
 from ..core.ports import AccountStore
 from ..errors import ApiError, ErrorId
+
+# Bounds of what an operator may write (beyond them, values overflow the database's integer columns or the
+# rate limiter's clock arithmetic: every later request of the account would fail, not this one).
+MAX_CREDITS_PER_ENTRY = 1e9
+MAX_PLAN_LIMIT = 2**31 - 1
+MAX_RATE_WINDOW_S = 365 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,12 @@ class Administration:
     async def add_credits(
         self, name: str, amount: float, kind: str = "grant", note: str | None = None
     ) -> Credits:
+        if not math.isfinite(amount) or abs(amount) > MAX_CREDITS_PER_ENTRY:
+            raise ApiError(
+                ErrorId.INVALID_INPUT,
+                f"amount must be a finite number of at most {MAX_CREDITS_PER_ENTRY:.0e} credits either way "
+                f"(got {amount!r}).",
+            )
         account = await self.account(name)
         if kind == "grant" and amount <= 0:
             raise ApiError(
@@ -157,10 +170,18 @@ class Administration:
             (plan.key_rate_limit, "key_rate_limit"),
             (plan.concurrency_limit, "concurrency_limit"),
         ):
-            if value is not None and value < 1:
-                raise ApiError(ErrorId.INVALID_INPUT, f"{label} must be at least 1 (or absent for no limit).")
-        if plan.rate_window_s <= 0:
-            raise ApiError(ErrorId.INVALID_INPUT, "rate_window_s must be positive.")
+            if value is not None and not 1 <= value <= MAX_PLAN_LIMIT:
+                raise ApiError(
+                    ErrorId.INVALID_INPUT,
+                    f"{label} must be 1 to {MAX_PLAN_LIMIT} (or absent for no limit), got {value!r}.",
+                )
+        window = plan.rate_window_s
+        if not (math.isfinite(window) and 0 < window <= MAX_RATE_WINDOW_S):
+            raise ApiError(
+                ErrorId.INVALID_INPUT,
+                f"rate_window_s must be more than 0 and at most {MAX_RATE_WINDOW_S:g} s (a year), "
+                f"got {window!r}.",
+            )
         return await self.store.put_plan(plan)
 
     async def _plan(self, name: str) -> Plan:

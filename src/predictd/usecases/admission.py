@@ -22,7 +22,7 @@ from ..media import data_uri_size
 from ..safety import ModerationLevel, ModerationUnavailable
 from ..safety.security import SecurityScreen
 from ..safety.text import TextModerator
-from ..webhooks import WebhookTarget
+from ..webhooks import WebhookTarget, refusal
 from .catalog import Models
 from .policy import Policy
 
@@ -72,6 +72,7 @@ class Admission:
         """The model the request may be queued for; raises the first check it fails."""
         info = self._models.get(request.model)
         _check_entitlement(principal, info, request)
+        self._check_webhook(request.webhook)
         rules = self._input_rules(info)
         if not info.available and info.setup_failed:
             raise ApiError(
@@ -88,6 +89,14 @@ class Admission:
         await self._screen_security(principal, screened_fields(principal, info, rules), request.input)
         self._moderate_text(rules, request.input)
         return info
+
+    def _check_webhook(self, target: WebhookTarget | None) -> None:
+        """A receiver the delivery guard is sure to refuse fails the submit, not three days of attempts."""
+        if target is None:
+            return
+        why = refusal(target, self._policy.webhook_allow_private, self._policy.webhook_allowed_networks)
+        if why is not None:
+            raise ApiError(ErrorId.INVALID_INPUT, why)
 
     def _input_rules(self, info: ModelInfo) -> InputRules | None:
         if info.input_schema is None:

@@ -21,3 +21,6 @@ class Policy:
     security_window_s: float = 3600.0
     never_suspend: frozenset[str] = frozenset()  # account names suspend_after never suspends
     access: AccessSettings = field(default_factory=AccessSettings)  # sign-ins and failed key checks
+    # The webhook address guard's settings: a receiver it is certain to refuse is refused at submit.
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: tuple[str, ...] = ()

@@ -8,7 +8,7 @@ package plans, and its connections go through the same SSRF guard as image fetch
 
 from .planning import Planner, Renderer, events_for
 from .signing import signature_header, signed_headers
-from .targets import DEFAULT_EVENTS, EVENTS, WebhookTarget, fashn_target, native_target
+from .targets import DEFAULT_EVENTS, EVENTS, WebhookTarget, fashn_target, native_target, refusal
 
 __all__ = [
     "DEFAULT_EVENTS",
@@ -19,6 +19,7 @@ __all__ = [
     "events_for",
     "fashn_target",
     "native_target",
+    "refusal",
     "signature_header",
     "signed_headers",
 ]

@@ -6,10 +6,14 @@ the prediction's ``extra`` so that every later state change is planned against i
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ApiError, ErrorId
+from ..outbound.policy import IPAddress, OutboundLimits, address_kind, is_blocked_address
 
 EVENTS = ("start", "output", "completed")
 DEFAULT_EVENTS = frozenset({"completed"})
@@ -44,12 +48,61 @@ def _check_url(url: Any, where: str) -> str:
         raise ApiError(ErrorId.INVALID_INPUT, f"{where} must be an http(s) URL.")
     import httpx  # on the first webhook, not at start: about 2 MiB the API process does not need idle
 
-    parsed = httpx.URL(url) if len(url) <= MAX_URL_LENGTH else None
+    try:
+        parsed = httpx.URL(url) if len(url) <= MAX_URL_LENGTH else None
+    except httpx.InvalidURL as exc:  # a port that is not a number, a host that cannot be one, ...
+        raise ApiError(ErrorId.INVALID_INPUT, f"{where} is not a valid URL: {exc}.") from None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.userinfo:
         raise ApiError(
             ErrorId.INVALID_INPUT, f"{where} must be an http(s) URL of at most {MAX_URL_LENGTH} chars."
         )
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ApiError(ErrorId.INVALID_INPUT, f"{where} has port {parsed.port}; a port is 1 to 65535.")
     return url
+
+
+# Names that are loopback by definition (RFC 6761): judged without asking a resolver.
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+_LOOPBACK_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+_LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$")  # 2130706433, 0x7f.1, 127.1: what getaddrinfo reads as IPv4
+
+
+def _known_addresses(host: str) -> tuple[IPAddress, ...]:
+    """The addresses ``host`` reaches when that needs no resolver (an IP literal, in any form the system's
+    resolver reads as one, or a loopback name); () for a name only DNS can answer."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return _LOOPBACK_ADDRESSES
+    try:
+        return (ipaddress.ip_address(name.split("%", 1)[0]),)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.match(name):
+        try:
+            return (ipaddress.IPv4Address(socket.inet_aton(name)),)
+        except OSError:
+            return ()
+    return ()
+
+
+def refusal(target: WebhookTarget, allow_private: bool, allowed_networks: tuple[str, ...]) -> str | None:
+    """Why deliveries to ``target`` would be refused by the address guard (its ``allow_private`` and
+    ``allowed_networks``), when that is certain without DNS; None otherwise. A name is judged again, as it
+    resolves, at every attempt: checking it here too would put a DNS lookup, and its delays, on every
+    submit."""
+    import httpx
+
+    host = httpx.URL(target.url).host
+    addresses = _known_addresses(host)
+    limits = OutboundLimits(allow_private=allow_private, allowed_networks=allowed_networks)
+    if not addresses or not all(is_blocked_address(ip, limits) for ip in addresses):
+        return None
+    kind = address_kind(addresses[0]) or "private"
+    where = "webhook_url" if target.surface == "fashn" else "webhook.url"
+    return (
+        f"{where} {target.url!r} is a {kind} address, which webhooks are not delivered to unless the "
+        "operator allows it ([webhooks] allow_private, or allowed_networks)."
+    )
 
 
 def native_target(value: Any, base_url: str) -> WebhookTarget:
