@@ -379,16 +379,13 @@ class Server:
         return subprocess.run(["pg_dump", plain], capture_output=True, check=True, timeout=60).stdout
 
     @contextlib.contextmanager
-    def database_write_lock(self) -> Iterator[None]:
-        """Hold the database's write lock from another connection, as a stuck backup or migration would:
-        the server's writes wait for its lock timeout and fail; reads go on."""
+    def _database_session(self) -> Iterator[Callable[[str], list[Any]]]:
+        """A connection of its own to the server's database, outside the server: run SQL, get rows."""
         url = self.env.get("PREDICTD_DATABASE_URL")
         if url is None:
             db = sqlite3.connect(self.data_dir / "predictd.sqlite3", timeout=5, isolation_level=None)
             try:
-                db.execute("BEGIN IMMEDIATE")
-                yield
-                db.execute("ROLLBACK")
+                yield lambda sql: db.execute(sql).fetchall()
             finally:
                 db.close()
             return
@@ -403,17 +400,38 @@ class Server:
 
         connection = call(asyncpg.connect(url.replace("+asyncpg", "")))
         try:
-            call(connection.execute("BEGIN"))
-            tables = call(connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
-            names = ", ".join(f'"{t["tablename"]}"' for t in tables if t["tablename"] != "alembic_version")
-            call(connection.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))  # SELECTs still run
-            yield
-            call(connection.execute("ROLLBACK"))
+            yield lambda sql: list(call(connection.fetch(sql)))
         finally:
             call(connection.close())
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
             loop.close()
+
+    @contextlib.contextmanager
+    def database_write_lock(self) -> Iterator[None]:
+        """Hold the database's write lock from another connection, as a stuck backup or migration would:
+        the server's writes wait for its lock timeout and fail; reads go on."""
+        with self._database_session() as sql:
+            if "PREDICTD_DATABASE_URL" not in self.env:
+                sql("BEGIN IMMEDIATE")
+            else:
+                sql("BEGIN")
+                tables = sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                names = ", ".join(f'"{t[0]}"' for t in tables if t[0] != "alembic_version")
+                sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")  # SELECTs still run
+            yield
+            sql("ROLLBACK")
+
+    @contextlib.contextmanager
+    def table_renamed_away(self, table: str) -> Iterator[None]:
+        """Rename a table away from under the server and back, as an operator's botched migration would:
+        what touches it meanwhile fails for real (an internal error, not contention)."""
+        with self._database_session() as sql:
+            sql(f"ALTER TABLE {table} RENAME TO {table}_away")
+            try:
+                yield
+            finally:
+                sql(f"ALTER TABLE {table}_away RENAME TO {table}")
 
     def successor(self, **changes: Any) -> Server:
         """The same deployment to start anew: same data folder, database, Redis prefix and port."""

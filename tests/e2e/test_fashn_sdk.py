@@ -122,18 +122,33 @@ def test_concurrency_limit_is_a_rate_limit_error(make_server: Any) -> None:
     )
 
 
-def test_internal_server_error(make_server: Any) -> None:
+def test_contention_is_a_retryable_service_unavailable(make_server: Any) -> None:
     locked = make_server("sqlite_busy_timeout_ms = 200\npostgres_lock_timeout_ms = 200\n")
     key = locked.key()
     with locked.database_write_lock():
         body = expect_error(
             fashn(locked, key, "run", model="echo", inputs={"text": "x"}),
+            "InternalServerError",  # the SDK's class for every 5xx
+            503,
+            "ServiceUnavailable",
+        )
+        assert "Traceback" not in body["message"]
+    assert fashn(locked, key, "run", model="echo", inputs={"text": "x"})["ok"]
+
+
+def test_internal_server_error(make_server: Any) -> None:
+    broken = make_server()
+    key = broken.key()
+    with broken.table_renamed_away("predictions"):
+        body = expect_error(
+            fashn(broken, key, "run", model="echo", inputs={"text": "x"}),
             "InternalServerError",
             500,
             "InternalServerError",
         )
         assert "Traceback" not in body["message"]
-    assert fashn(locked, key, "run", model="echo", inputs={"text": "x"})["ok"]
+        assert "predictions" not in body["message"]
+    assert fashn(broken, key, "run", model="echo", inputs={"text": "x"})["ok"]
 
 
 def test_model_unavailable_is_an_internal_server_error(server: Server, key: str) -> None:

@@ -383,15 +383,32 @@ def test_a_model_whose_setup_fails_is_unavailable(client: skytells.SkytellsClien
     )
 
 
-def test_internal_error_hides_details_and_the_server_recovers(make_server: Callable[..., Server]) -> None:
+def test_contention_is_a_retryable_503_and_the_server_recovers(make_server: Callable[..., Server]) -> None:
     server = make_server("sqlite_busy_timeout_ms = 200\npostgres_lock_timeout_ms = 200\n", name="busy")
     client = sdk(server, server.key())
     assert client.run("echo", input={"text": "warm"}).output == "warm"
 
     with server.database_write_lock():
+        error = expect_error(lambda: client.run("echo", input={"text": "x"}), "SERVICE_UNAVAILABLE", 503)
+    message = f"{error} {error.details}"
+    assert "retry in 1 s" in message
+    assert "Traceback" not in message
+    assert "sqlite" not in message.lower()
+    assert "asyncpg" not in message.lower()
+
+    assert client.run("echo", input={"text": "after"}).output == "after"
+
+
+def test_internal_error_hides_details_and_the_server_recovers(make_server: Callable[..., Server]) -> None:
+    server = make_server(name="broken_table")
+    client = sdk(server, server.key())
+    assert client.run("echo", input={"text": "warm"}).output == "warm"
+
+    with server.table_renamed_away("predictions"):
         error = expect_error(lambda: client.run("echo", input={"text": "x"}), "INTERNAL_ERROR", 500)
     message = f"{error} {error.details}"
     assert "Traceback" not in message
+    assert "predictions" not in message
     assert "sqlite" not in message.lower()
     assert "asyncpg" not in message.lower()
 
