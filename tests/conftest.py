@@ -181,6 +181,33 @@ def sleep_slots(config: str) -> str:
     return "\n[[models]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in entry.items())
 
 
+def exited_unreaped(proc: subprocess.Popen[bytes], timeout: float = 0.0) -> bool:
+    """Whether the process has ended (waiting up to ``timeout``), found without reaping it: until it is
+    reaped, its pid, which is also its session's and group's id, cannot be given to another process."""
+    if proc.returncode is not None:
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def end_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of a process's session (it was started in one of its own), then reap it. The
+    group is signalled only while the process is not yet reaped: once it is, its number may be handed to
+    another test's server, whose whole session the signal would then kill."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class Server:
     """A predictd deployment started the way an operator starts it: ``predictd --config F serve``, and for
@@ -345,22 +372,18 @@ class Server:
         return text
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Signal the top processes, give them ``timeout`` to end, then end what is left of their sessions."""
         for proc in self.processes():
-            if proc.poll() is None:
-                proc.send_signal(sig)
+            if not exited_unreaped(proc):
+                os.kill(proc.pid, sig)  # not send_signal: it would reap an ended process (see end_session)
         for proc in self.processes():
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            exited_unreaped(proc, timeout)
+            end_session(proc)
 
     def kill_all(self) -> None:
         """SIGKILL the server and every worker it started (their whole sessions)."""
         for proc in self.processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            end_session(proc)
 
     def cli_args(self) -> list[str]:
         """The root options an operator gives `predictd` to reach this deployment's store."""
@@ -570,7 +593,16 @@ def make_server(tmp_path: Path, backend: str) -> Iterator[Any]:
 
     yield factory
     for server in started:
+        _report_exit(server)
         server.destroy()
+
+
+def _report_exit(server: Server) -> None:
+    """Print (shown when the test failed) how a server that ended before its teardown ended: a test
+    killing it meant to, but otherwise this is why its requests were refused."""
+    if server.proc is not None and exited_unreaped(server.proc):
+        tail = "\n".join(server.log().splitlines()[-60:])
+        print(f"\n{server.workdir.name}: predictd had exited before teardown; its log ends:\n{tail}")
 
 
 @pytest.fixture(scope="module")
@@ -579,6 +611,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[S
     workdir = tmp_path_factory.mktemp("server")
     srv = Server(workdir=workdir, config=FIXTURE_MODELS_TOML, backend=backend).start()
     yield srv
+    _report_exit(srv)
     srv.destroy()
 
 

@@ -12,8 +12,6 @@ on one API process wakes when a worker finishes a prediction submitted to the ot
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -31,7 +29,7 @@ import pytest
 from predictd.errors import ErrorId
 from predictd.store import Database
 
-from ..conftest import FIXTURE_MODELS, Server, free_port, run_sync
+from ..conftest import FIXTURE_MODELS, Server, end_session, free_port, run_sync
 from .test_billing_and_policy import ADMIN_KEY, Operator, _ledger_totals
 from .test_faults import settle_all
 from .test_native_api import assert_error
@@ -140,9 +138,7 @@ def prepaid(server: Server, name: str) -> str:
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    end_session(proc)
 
 
 def redis_value(server: Server, key: str) -> str | None:
