@@ -253,6 +253,23 @@ def test_410_gone_disables_the_url_for_that_prediction(make_server: Any, receive
     assert len(hits) == 1, hits
 
 
+def _delivered_echo(client: Any, receiver: Receiver) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """An echo prediction with a webhook to ``receiver``, once delivered: its id, the message the receiver
+    got, and that message's Standard Webhooks headers."""
+    prediction_id = client.post(
+        "/v1/predictions",
+        json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
+    ).json()["id"]
+    wait_until(lambda: first_delivery(client, prediction_id)["status"] == "delivered", what="delivery")
+    (message,) = receiver.unique().values()
+    headers = {
+        "webhook-id": message["id"],
+        "webhook-timestamp": message["timestamp"],
+        "webhook-signature": message["signature"],
+    }
+    return prediction_id, message, headers
+
+
 def test_secret_rotation_signs_with_both_secrets(make_server: Any, receiver: Receiver) -> None:
     server = make_server(FAST_RETRIES)
     receiver.start()
@@ -264,17 +281,7 @@ def test_secret_rotation_signs_with_both_secrets(make_server: Any, receiver: Rec
         assert new != old
         assert rotated["valid_secrets"] == [new, old]
         receiver.secrets = [old]  # a receiver not yet updated keeps working during the rotation
-        prediction_id = client.post(
-            "/v1/predictions",
-            json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
-        ).json()["id"]
-        wait_until(lambda: first_delivery(client, prediction_id)["status"] == "delivered", what="delivery")
-    (message,) = receiver.unique().values()
-    headers = {
-        "webhook-id": message["id"],
-        "webhook-timestamp": message["timestamp"],
-        "webhook-signature": message["signature"],
-    }
+        prediction_id, message, headers = _delivered_echo(client, receiver)
     assert len(message["signature"].split(" ")) == 2
     for secret in (old, new):
         assert Webhook(secret).verify(message["body"], headers)["id"] == prediction_id
@@ -294,17 +301,7 @@ def test_rotating_again_and_again_keeps_two_secrets(make_server: Any, receiver: 
             assert rotated["valid_secrets"] == issued[-2:][::-1]
         assert client.get("/v1/webhooks/secret").json()["valid_secrets"] == [issued[-1], issued[-2]]
         receiver.secrets = [issued[-1]]
-        prediction_id = client.post(
-            "/v1/predictions",
-            json={"model": "echo", "input": {"text": "x"}, "webhook": {"url": receiver.url}},
-        ).json()["id"]
-        wait_until(lambda: first_delivery(client, prediction_id)["status"] == "delivered", what="delivery")
-    (message,) = receiver.unique().values()
-    headers = {
-        "webhook-id": message["id"],
-        "webhook-timestamp": message["timestamp"],
-        "webhook-signature": message["signature"],
-    }
+        prediction_id, message, headers = _delivered_echo(client, receiver)
     assert len(message["signature"].split(" ")) == 2
     for secret in issued[-2:]:
         assert Webhook(secret).verify(message["body"], headers)["id"] == prediction_id
