@@ -128,8 +128,10 @@ class PredictionStore(Protocol):
     ) -> Prediction | None:
         """Move to ``target`` only from a state the state machine allows; None when the move is refused.
         ``count_attempt`` adds one to the prediction's attempts; ``deliveries`` plans webhooks written in
-        the same transaction (a durable outbox)."""
-        ...
+        the same transaction (a durable outbox). One move of ``transitions``, for the stores that declare
+        this port as their base."""
+        move = Move(prediction_id, target, count_attempt, changes)
+        return (await self.transitions([move], deliveries=deliveries))[0]
 
     async def transitions(
         self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None

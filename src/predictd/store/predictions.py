@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from ..core.domain import DailyUsage, IdempotencyRecord, Page, Prediction, Status, utcnow
-from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move
+from ..core.ports import DeliveryPlanner, IdempotencyKeyTaken, ListQuery, Move, PredictionStore
 from . import rules
 from .accounts import append_entries, read_credits
 from .engines import Connection, Engine
@@ -51,7 +51,7 @@ def _transition_statement(move: Move) -> Any:
     )
 
 
-class SqlPredictions:
+class SqlPredictions(PredictionStore):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -174,18 +174,6 @@ class SqlPredictions:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [prediction_of(r) for r in rows]
-
-    async def transition(
-        self,
-        prediction_id: str,
-        target: Status,
-        *,
-        count_attempt: bool = False,
-        deliveries: DeliveryPlanner | None = None,
-        **changes: Any,
-    ) -> Prediction | None:
-        move = Move(prediction_id, target, count_attempt, changes)
-        return (await self.transitions([move], deliveries=deliveries))[0]
 
     async def transitions(
         self, moves: Sequence[Move], *, deliveries: DeliveryPlanner | None = None
