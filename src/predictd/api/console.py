@@ -36,6 +36,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..core import keys as api_keys
 from ..core.domain import NATIVE_STATUS, Prediction, Principal, Status, from_micros, utcnow
+from ..core.json_values import strings_in
 from ..core.nul import nul_path
 from ..core.schema_marks import MEDIA_KEY, MODERATE_KEY
 from ..errors import API_ERRORS, ApiError, ErrorId
@@ -429,28 +430,13 @@ async def predictions_page(request: Request) -> Response:
 def _images(value: Any, base_url: str) -> Iterator[str]:
     """Every image in a prediction's inputs or outputs that the console may show: this server's output
     URLs and inline data URIs of raster formats (never another host, never SVG)."""
-    if isinstance(value, str):
-        if value.startswith(f"{base_url}v1/outputs/") or value.startswith(IMAGE_DATA_URI):
-            yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _images(item, base_url)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _images(item, base_url)
+    shown = (f"{base_url}v1/outputs/", *IMAGE_DATA_URI)
+    return (text for text in strings_in(value) if text.startswith(shown))
 
 
 def _urls(value: Any) -> Iterator[str]:
     """Every http(s) URL in a prediction's output, to copy."""
-    if isinstance(value, str):
-        if value.startswith(("http://", "https://")):
-            yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _urls(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _urls(item)
+    return (text for text in strings_in(value) if text.startswith(("http://", "https://")))
 
 
 def _snippets(prediction: Prediction, base_url: str) -> list[Snippet]:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.json_values import strings_in
+
 SCHEME = "predictd-output:"
 ROUTE = "v1/outputs/"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg)$")
@@ -36,15 +38,8 @@ def to_public(output: Any, base_url: str) -> Any:
 
 
 def references(output: Any) -> Iterator[str]:
-    if isinstance(output, str):
-        if output.startswith(SCHEME):
-            yield output[len(SCHEME) :]
-    elif isinstance(output, list):
-        for item in output:
-            yield from references(item)
-    elif isinstance(output, dict):
-        for value in output.values():
-            yield from references(value)
+    """The names of the stored outputs ``output`` refers to."""
+    return (text[len(SCHEME) :] for text in strings_in(output) if text.startswith(SCHEME))
 
 
 class LocalOutputs:
